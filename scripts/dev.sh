@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Set up a development SoftHSM2 token and run hsmca on it.
+#
+# Usage: scripts/dev.sh [DIR]
+#
+# DIR (default: dev/ in the repository root; a relative DIR is taken
+# relative to the current directory) receives the token, PINs and
+# configuration made by softhsm-setup/setup.sh. The daemon is built with
+# "cargo build --release", the CA is initialised on the first run
+# ("hsmca init"), and then "hsmca serve" runs in the foreground.
+set -euo pipefail
+
+prog=${0##*/}
+
+die() {
+    printf '%s: error: %s\n' "$prog" "$*" >&2
+    exit 1
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+apt_install() {
+    if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+        die "missing Debian package(s): $*; not root and sudo is not installed, so install them as root (apt-get install $*) and re-run"
+    fi
+    printf '%s: installing %s\n' "$prog" "$*" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 \
+        install -y --no-install-recommends "$@"
+}
+
+case ${1-} in -h | --help)
+    printf 'usage: %s [DIR]\n' "$0"
+    exit 0
+    ;;
+esac
+[[ $# -le 1 ]] || die "usage: $0 [DIR]"
+
+repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+
+# A DIR given on the command line is relative to where the user is; resolve
+# it before changing to the repository root.
+if [[ $# -eq 1 ]]; then
+    [[ -n $1 ]] || die "DIR must not be empty"
+    case $1 in
+        /*) dir=$1 ;;
+        *) dir=$PWD/$1 ;;
+    esac
+else
+    dir=$repo/dev
+fi
+
+cd -- "$repo"
+
+# --- token and configuration ------------------------------------------------
+"$repo/softhsm-setup/setup.sh" "$dir"
+dir=$(cd -- "$dir" && pwd -P)
+config=$dir/hsmca.toml
+
+# --- build ------------------------------------------------------------------
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs) and re-run"
+# The Rust toolchain needs a C compiler/linker; the protobuf files are
+# compiled by a pure-Rust crate, so protoc is not needed.
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install gcc libc6-dev
+fi
+cargo build --release
+hsmca=$repo/target/release/hsmca
+[[ -x $hsmca ]] || die "$hsmca was not built"
+
+export SOFTHSM2_CONF=$dir/softhsm2.conf
+
+# --- CA -----------------------------------------------------------------------
+if [[ ! -e $dir/ca.pem ]]; then
+    "$hsmca" init --config "$config"
+fi
+
+# --- usage ------------------------------------------------------------------
+q() { printf '%q' "$1"; }
+cat <<EOF
+
+hsmca development CA in $dir
+From another terminal (in $repo):
+
+  # make a key pair and extract its public key
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem
+  openssl pkey -in key.pem -pubout -out key.pub.pem
+
+  # have the CA issue a certificate for it
+  export SOFTHSM2_CONF=$(q "$SOFTHSM2_CONF")
+  target/release/hsmca issue --config $(q "$config") --public-key key.pub.pem --cn demo --out cert.pem --chain chain.pem
+
+  # check it against the CA certificate
+  openssl verify -CAfile $(q "$dir/ca.pem") -untrusted chain.pem cert.pem
+
+Starting "hsmca serve" (Ctrl-C to stop)...
+
+EOF
+
+exec "$hsmca" serve --config "$config"

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Run the whole hsmca test suite, installing what a fresh Debian machine
+# lacks (Debian packages, a Python venv for the gRPC/pkilint tests, and the
+# rustfmt/clippy components).
+#
+# Usage: scripts/test.sh [ARGS...]    ARGS are passed on to "cargo test"
+#
+# Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
+# cargo test --all-targets ARGS. Exits non-zero on any failure.
+#
+# Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python for the tests.
+set -euo pipefail
+
+prog=${0##*/}
+
+die() {
+    printf '%s: error: %s\n' "$prog" "$*" >&2
+    exit 1
+}
+
+step() {
+    printf '\n==> %s\n' "$*" >&2
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+apt_updated=no
+apt_install() {
+    if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+        die "missing Debian package(s): $*; not root and sudo is not installed, so install them as root (apt-get install $*) and re-run"
+    fi
+    step "installing $*"
+    if [[ $apt_updated == no ]]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
+        apt_updated=yes
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 \
+        install -y --no-install-recommends "$@"
+}
+
+pkg_installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
+}
+
+repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd -- "$repo"
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs) and re-run"
+command -v python3 >/dev/null 2>&1 || die "python3 not found"
+
+# --- Debian packages --------------------------------------------------------
+# softhsm2: the token; opensc: pkcs11-tool and pkcs11-spy.so;
+# openssl + libengine-pkcs11-openssl: checking certificates and signing
+# with keys on the token from the tests.
+missing=()
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl; do
+    pkg_installed "$p" || missing+=("$p")
+done
+# The Rust toolchain needs a C compiler/linker.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# setup.sh types the PINs into softhsm2-util through script(1).
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+fi
+if ! compgen -G '/usr/lib/*/pkcs11/pkcs11-spy.so' >/dev/null &&
+    [[ ! -e /usr/lib/pkcs11/pkcs11-spy.so ]]; then
+    printf '%s: warning: pkcs11-spy.so not found under /usr/lib/*/pkcs11/\n' "$prog" >&2
+fi
+
+# --- Python venv for the tests --------------------------------------------
+venv=$repo/target/test-venv
+py=$venv/bin/python
+if [[ -x $py ]] && "$py" -m pip --version >/dev/null 2>&1; then
+    :
+else
+    step "creating Python venv $venv"
+    rm -rf -- "$venv"
+    mkdir -p -- "$repo/target"
+    if ! python3 -m venv "$venv"; then
+        # Debian's python3 needs python3-venv (ensurepip) for "-m venv".
+        rm -rf -- "$venv"
+        pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        venv_pkgs=(python3-venv)
+        if apt-cache show "python$pyver-venv" >/dev/null 2>&1; then
+            venv_pkgs+=("python$pyver-venv")
+        fi
+        apt_install "${venv_pkgs[@]}"
+        python3 -m venv "$venv" || die "could not create a Python venv in $venv"
+    fi
+fi
+if ! "$py" -c 'import grpc, grpc_tools, pkilint, cryptography' >/dev/null 2>&1; then
+    step "installing Python test dependencies into $venv"
+    "$py" -m pip install --disable-pip-version-check --quiet \
+        grpcio grpcio-tools pkilint cryptography
+    "$py" -c 'import grpc, grpc_tools, pkilint, cryptography' ||
+        die "Python test dependencies still not importable after pip install"
+fi
+export HSMCA_TEST_PYTHON=$py
+
+# --- Rust components --------------------------------------------------------
+for c in rustfmt clippy; do
+    sub=fmt
+    [[ $c == clippy ]] && sub=clippy
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null 2>&1 || die "cargo $sub is missing and rustup is not installed to add $c"
+        step "adding the $c component"
+        rustup component add "$c"
+    fi
+done
+
+# --- checks and tests -------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets $*"
+cargo test --all-targets "$@"
+
+step "all checks passed"

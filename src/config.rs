@@ -1,0 +1,587 @@
+//! Typed configuration: read once at start-up from TOML, overridden key by key
+//! from `HSMCA_<SECTION>__<KEY>` environment variables, and validated before
+//! anything touches the token, so a mistake stops the daemon with a message
+//! that names the key.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::pkcs11_uri::Pkcs11Uri;
+
+/// Environment variables with this prefix and a `__` separator override
+/// config keys: `HSMCA_TOKEN__SESSIONS=4` sets `token.sessions`.
+const ENV_PREFIX: &str = "HSMCA_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub token: TokenConfig,
+    pub ca: CaConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Unix socket the gRPC API listens on.
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket file, e.g. "0660".
+    pub socket_mode: String,
+    /// Largest accepted gRPC request message, in bytes.
+    pub max_request_bytes: usize,
+    /// How long shutdown waits for in-flight requests before giving up.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/hsmca/hsmca.sock"),
+            socket_mode: "0660".into(),
+            max_request_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The socket mode as permission bits (validated at load time).
+    pub fn socket_mode_bits(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Path of the PKCS#11 module (shared library).
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// RFC 7512 URI naming the token and key, e.g.
+    /// `pkcs11:token=hsmca;object=hsmca-ca;id=%01`. Its attributes fill in
+    /// `token_label`, `key_label` and `key_id` when those are not set.
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub token_label: Option<String>,
+    #[serde(default)]
+    pub key_label: Option<String>,
+    /// CKA_ID of the CA key, as hex.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// File holding the user PIN; must not be readable by group or others.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Name of the systemd credential holding the PIN (`LoadCredential=`).
+    #[serde(default = "default_pin_credential")]
+    pub pin_credential: String,
+    /// Number of PKCS#11 sessions, each driven by its own signing thread.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Depth of the queue in front of the signing threads; a full queue
+    /// fails requests fast instead of growing without bound.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+fn default_pin_credential() -> String {
+    "hsmca-pin".into()
+}
+fn default_sessions() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    4096
+}
+
+/// The token coordinates after merging the URI with the explicit keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLocator {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub key_label: Option<String>,
+    pub key_id: Option<Vec<u8>>,
+}
+
+impl TokenConfig {
+    pub fn locator(&self) -> Result<TokenLocator, ConfigError> {
+        let uri = match &self.uri {
+            Some(u) => Some(Pkcs11Uri::parse(u).map_err(|e| invalid("token.uri", e.to_string()))?),
+            None => None,
+        };
+        let module = self
+            .module
+            .clone()
+            .or_else(|| uri.as_ref().and_then(|u| u.module_path.clone()))
+            .ok_or_else(|| invalid("token.module", "the PKCS#11 module path is required"))?;
+        let token_label = self
+            .token_label
+            .clone()
+            .or_else(|| uri.as_ref().and_then(|u| u.token.clone()))
+            .ok_or_else(|| {
+                invalid(
+                    "token.token_label",
+                    "name the token by token_label or by token= in token.uri",
+                )
+            })?;
+        let key_label = self
+            .key_label
+            .clone()
+            .or_else(|| uri.as_ref().and_then(|u| u.object.clone()));
+        let key_id = match &self.key_id {
+            Some(hex_id) => Some(
+                hex::decode(hex_id.trim_start_matches("0x"))
+                    .map_err(|_| invalid("token.key_id", "must be hex, e.g. \"01\""))?,
+            ),
+            None => uri.as_ref().and_then(|u| u.id.clone()),
+        };
+        if key_label.is_none() && key_id.is_none() {
+            return Err(invalid(
+                "token.key_label",
+                "name the CA key by key_label and/or key_id (or object=/id= in token.uri)",
+            ));
+        }
+        if key_id.as_ref().is_some_and(|id| id.is_empty()) {
+            return Err(invalid("token.key_id", "must not be empty"));
+        }
+        Ok(TokenLocator {
+            module,
+            token_label,
+            key_label,
+            key_id,
+        })
+    }
+}
+
+/// Key types a CA key may have. Ed25519 is absent on purpose: it cannot sign
+/// a pre-computed digest, and the token only ever sees digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    P256,
+    P384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyType {
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
+    }
+    pub fn rsa_bits(self) -> Option<u64> {
+        match self {
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::P256 => "p256",
+            Self::P384 => "p384",
+            Self::Rsa2048 => "rsa2048",
+            Self::Rsa3072 => "rsa3072",
+            Self::Rsa4096 => "rsa4096",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RsaPadding {
+    /// RSASSA-PKCS1-v1_5 (CKM_RSA_PKCS over a DigestInfo).
+    #[default]
+    Pkcs1,
+    /// RSASSA-PSS (CKM_RSA_PKCS_PSS over the digest), salt = digest length.
+    Pss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestAlg {
+    Sha256,
+    Sha384,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    pub key_type: KeyType,
+    #[serde(default)]
+    pub rsa_padding: RsaPadding,
+    /// Hash for an RSA CA (EC CAs use the curve's own: SHA-256 for P-256,
+    /// SHA-384 for P-384).
+    #[serde(default)]
+    pub digest: Option<DigestAlg>,
+    /// Subject of the CA certificate made by `hsmca init`, RFC 4514 form.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// The issuing CA certificate (written by `hsmca init`).
+    pub certificate: PathBuf,
+    /// The issuers above the CA certificate, nearest first, when the CA is an
+    /// intermediate (written by `hsmca init --import-chain`).
+    #[serde(default)]
+    pub chain: Option<PathBuf>,
+    /// Lifetime of the self-signed root made by `hsmca init`.
+    #[serde(default = "default_ca_validity", with = "humantime_serde")]
+    pub validity: Duration,
+    /// How far notBefore is set in the past, to tolerate clock skew between
+    /// this host and relying parties.
+    #[serde(default = "default_backdate", with = "humantime_serde")]
+    pub backdate: Duration,
+}
+
+fn default_subject() -> String {
+    "CN=hsmca CA".into()
+}
+fn default_ca_validity() -> Duration {
+    Duration::from_secs(10 * 365 * 24 * 3600)
+}
+fn default_backdate() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl CaConfig {
+    pub fn digest(&self) -> DigestAlg {
+        match self.key_type {
+            KeyType::P256 => DigestAlg::Sha256,
+            KeyType::P384 => DigestAlg::Sha384,
+            _ => self.digest.unwrap_or(DigestAlg::Sha256),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/hsmca"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "hsmca=debug,info", …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Lifetime bounds of each certificate profile.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    pub client: ProfileBounds,
+    pub server: ProfileBounds,
+}
+
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileBounds {
+    #[serde(with = "humantime_serde")]
+    pub default_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+impl Default for ProfileBounds {
+    fn default() -> Self {
+        Self {
+            default_duration: Duration::from_secs(24 * 3600),
+            min_duration: Duration::from_secs(3600),
+            max_duration: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `HSMCA_<SECTION>__<KEY>` overrides from the
+    /// process environment, and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_with_env(&text, path, env)
+    }
+
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        // Only `HSMCA_<SECTION>__<KEY>` names are config overrides; other
+        // HSMCA_ variables (HSMCA_PIN, HSMCA_SOCKET) are not config keys.
+        let overrides: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|rest| rest.contains("__") && !rest.starts_with('_'))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let parse_err = |e: config::ConfigError| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("HSMCA")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(parse_err)?;
+        let cfg: Config = raw.try_deserialize().map_err(parse_err)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if parse_mode(&self.server.socket_mode).is_none() {
+            return Err(invalid(
+                "server.socket_mode",
+                format!(
+                    "{:?} is not an octal permission mode like \"0660\"",
+                    self.server.socket_mode
+                ),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.server.max_request_bytes) {
+            return Err(invalid(
+                "server.max_request_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if self.server.socket.as_os_str().is_empty() {
+            return Err(invalid("server.socket", "must not be empty"));
+        }
+        self.token.locator()?;
+        if !(1..=64).contains(&self.token.sessions) {
+            return Err(invalid("token.sessions", "must be between 1 and 64"));
+        }
+        if !(1..=1_000_000).contains(&self.token.queue_depth) {
+            return Err(invalid(
+                "token.queue_depth",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.token.pin_credential.is_empty() || self.token.pin_credential.contains('/') {
+            return Err(invalid(
+                "token.pin_credential",
+                "must be a plain credential name without '/'",
+            ));
+        }
+        if !self.ca.key_type.is_rsa() {
+            if self.ca.rsa_padding != RsaPadding::Pkcs1 {
+                return Err(invalid(
+                    "ca.rsa_padding",
+                    "applies only to RSA CA keys; remove it for an EC key",
+                ));
+            }
+            if self.ca.digest.is_some_and(|d| d != self.ca.digest()) {
+                return Err(invalid(
+                    "ca.digest",
+                    "an EC CA uses its curve's hash (P-256: sha256, P-384: sha384)",
+                ));
+            }
+        }
+        crate::names::parse_subject(&self.ca.subject)
+            .map_err(|e| invalid("ca.subject", e.to_string()))?;
+        if self.ca.backdate > Duration::from_secs(24 * 3600) {
+            return Err(invalid("ca.backdate", "must be at most 24h"));
+        }
+        if self.ca.validity < Duration::from_secs(24 * 3600) {
+            return Err(invalid("ca.validity", "must be at least 24h"));
+        }
+        for (key, b) in [
+            ("profiles.client", &self.profiles.client),
+            ("profiles.server", &self.profiles.server),
+        ] {
+            if b.min_duration.is_zero()
+                || b.min_duration > b.max_duration
+                || b.default_duration < b.min_duration
+                || b.default_duration > b.max_duration
+            {
+                return Err(invalid(
+                    key,
+                    "needs 0 < min_duration <= default_duration <= max_duration",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[token]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "hsmca"
+key_label = "hsmca-ca"
+[ca]
+key_type = "p256"
+certificate = "/tmp/ca.pem"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml_with_env(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.max_request_bytes, 65536);
+        assert_eq!(c.server.socket_mode_bits(), 0o660);
+        assert_eq!(c.ca.backdate, Duration::from_secs(60));
+        assert_eq!(c.ca.digest(), DigestAlg::Sha256);
+        assert_eq!(c.token.sessions, 2);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("HSMCA_TOKEN__SESSIONS", "5"),
+                ("HSMCA_CA__KEY_TYPE", "rsa3072"),
+                ("HSMCA_SERVER__SOCKET", "/tmp/x.sock"),
+                ("HSMCA_PIN", "not-a-config-key"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.token.sessions, 5);
+        assert_eq!(c.ca.key_type, KeyType::Rsa3072);
+        assert_eq!(c.server.socket, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let err = load(&format!("{MINIMAL}\nbogus = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                "HSMCA_SERVER__SOCKET_MODE",
+                "rw-rw----",
+                "server.socket_mode",
+            ),
+            ("HSMCA_TOKEN__SESSIONS", "0", "token.sessions"),
+            ("HSMCA_CA__RSA_PADDING", "pss", "ca.rsa_padding"),
+            ("HSMCA_CA__SUBJECT", "not a name", "ca.subject"),
+            ("HSMCA_TOKEN__KEY_ID", "zz", "token.key_id"),
+        ];
+        for (k, v, key) in cases {
+            let err = load(MINIMAL, &[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn uri_fills_token_coordinates() {
+        let text = r#"
+[token]
+module = "/m.so"
+uri = "pkcs11:token=prod%20ca;object=issuing;id=%01%02"
+[ca]
+key_type = "p384"
+certificate = "/tmp/ca.pem"
+"#;
+        let c = load(text, &[]).unwrap();
+        let l = c.token.locator().unwrap();
+        assert_eq!(l.token_label, "prod ca");
+        assert_eq!(l.key_label.as_deref(), Some("issuing"));
+        assert_eq!(l.key_id, Some(vec![1, 2]));
+        assert_eq!(c.ca.digest(), DigestAlg::Sha384);
+    }
+}

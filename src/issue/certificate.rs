@@ -1,0 +1,346 @@
+//! Building certificates: the TBSCertificate is assembled by x509-cert's
+//! builder, hashed here, signed by the token as a digest, and the signature
+//! assembled back in. The extensions of every profile are set in this file.
+
+use std::time::SystemTime;
+
+use der::{Encode, asn1::BitString, referenced::OwnedToRef};
+use spki::{
+    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
+    SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef,
+};
+use x509_cert::{
+    Certificate,
+    builder::{Builder, CertificateBuilder, profile::BuilderProfile},
+    certificate::TbsCertificate,
+    ext::{
+        Extension, ToExtension,
+        pkix::{
+            AuthorityKeyIdentifier, BasicConstraints, CrlDistributionPoints, ExtendedKeyUsage,
+            KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
+            crl::dp::DistributionPoint,
+            name::{DistributionPointName, GeneralName},
+        },
+    },
+    name::Name,
+    serial_number::SerialNumber,
+    time::{Time, Validity},
+};
+
+use crate::signing::{DigestSigner, SignError};
+
+pub const ID_KP_CLIENT_AUTH: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+pub const ID_KP_SERVER_AUTH: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot encode the certificate: {0}")]
+    Encoding(String),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl From<der::Error> for BuildError {
+    fn from(e: der::Error) -> Self {
+        Self::Encoding(e.to_string())
+    }
+}
+impl From<x509_cert::builder::Error> for BuildError {
+    fn from(e: x509_cert::builder::Error) -> Self {
+        Self::Encoding(e.to_string())
+    }
+}
+impl From<spki::Error> for BuildError {
+    fn from(e: spki::Error) -> Self {
+        Self::Encoding(e.to_string())
+    }
+}
+
+/// The token key as x509-cert's builders see it: a public key and an
+/// algorithm identifier. It cannot sign; [`sign_with`] does that through the
+/// [`DigestSigner`].
+#[derive(Clone)]
+pub struct TokenKeypair {
+    spki: SpkiKey,
+    alg: AlgorithmIdentifierOwned,
+}
+
+#[derive(Clone)]
+pub struct SpkiKey(SubjectPublicKeyInfoOwned);
+
+impl EncodePublicKey for SpkiKey {
+    fn to_public_key_der(&self) -> spki::Result<der::Document> {
+        Ok(der::Document::encode_msg(&self.0)?)
+    }
+}
+
+impl signature::Keypair for TokenKeypair {
+    type VerifyingKey = SpkiKey;
+    fn verifying_key(&self) -> SpkiKey {
+        self.spki.clone()
+    }
+}
+
+impl DynSignatureAlgorithmIdentifier for TokenKeypair {
+    fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
+        Ok(self.alg.clone())
+    }
+}
+
+impl TokenKeypair {
+    pub fn of<S: DigestSigner>(signer: &S) -> Result<Self, BuildError> {
+        Ok(Self {
+            spki: SpkiKey(signer.public_key().clone()),
+            alg: signer
+                .scheme()
+                .algorithm_identifier()
+                .map_err(|e| BuildError::Encoding(e.to_string()))?,
+        })
+    }
+}
+
+/// TBS → digest in Rust → token → assembled object. Works for certificates,
+/// CSRs and CRLs alike.
+pub async fn sign_with<B, S>(mut builder: B, signer: &S) -> Result<B::Output, BuildError>
+where
+    B: Builder + Send,
+    S: DigestSigner,
+{
+    let keypair = TokenKeypair::of(signer)?;
+    let tbs = builder.finalize(&keypair)?;
+    let digest = signer.scheme().digest(&tbs);
+    let signature = signer.sign_digest(digest).await?;
+    Ok(builder.assemble(BitString::from_bytes(&signature)?, &keypair)?)
+}
+
+/// What a leaf certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafProfile {
+    Client,
+    Server,
+}
+
+impl LeafProfile {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "" | "client" => Some(Self::Client),
+            "server" => Some(Self::Server),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// Everything that goes into one leaf certificate besides the issuer.
+pub struct LeafSpec {
+    pub subject: Name,
+    pub general_names: Vec<GeneralName>,
+    pub spki: SubjectPublicKeyInfoOwned,
+    /// RSA subject keys may also encrypt key material (TLS 1.2 RSA kx).
+    pub key_encipherment: bool,
+    pub profile: LeafProfile,
+    pub serial: SerialNumber,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The issuing CA as a leaf sees it.
+#[derive(Debug, Clone)]
+pub struct IssuerInfo {
+    pub name: Name,
+    /// The CA certificate's subjectKeyIdentifier, copied into the leaf's AKI.
+    pub key_id: Vec<u8>,
+    /// CRL distribution point, when configured.
+    pub crl_url: Option<String>,
+}
+
+struct Fixed {
+    subject: Name,
+    issuer: Name,
+    extensions: Vec<Extension>,
+}
+
+impl BuilderProfile for Fixed {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+    fn build_extensions(
+        &self,
+        _spk: SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        _tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(self.extensions.clone())
+    }
+}
+
+/// A fresh serial: 16 bytes from the OS CSPRNG, first byte non-zero so the
+/// encoding keeps all 128 bits (a leading 0x00 is added when the top bit is
+/// set, keeping it positive).
+pub fn random_serial() -> Result<SerialNumber, BuildError> {
+    let mut bytes = [0u8; 16];
+    while bytes[0] == 0 {
+        getrandom::fill(&mut bytes).map_err(|e| BuildError::Encoding(e.to_string()))?;
+    }
+    Ok(SerialNumber::new(&bytes)?)
+}
+
+fn push<E: ToExtension<Error = der::Error>>(
+    exts: &mut Vec<Extension>,
+    subject: &Name,
+    e: E,
+) -> Result<(), BuildError> {
+    let ext = e.to_extension(subject, exts)?;
+    exts.push(ext);
+    Ok(())
+}
+
+pub async fn build_leaf<S: DigestSigner>(
+    signer: &S,
+    issuer: &IssuerInfo,
+    spec: LeafSpec,
+) -> Result<Certificate, BuildError> {
+    let subject = spec.subject;
+    let mut exts = Vec::with_capacity(7);
+    push(
+        &mut exts,
+        &subject,
+        (
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        ),
+    )?;
+    let mut usage = KeyUsages::DigitalSignature.into();
+    if spec.key_encipherment {
+        usage |= KeyUsages::KeyEncipherment;
+    }
+    push(&mut exts, &subject, &KeyUsage(usage))?;
+    let eku = match spec.profile {
+        LeafProfile::Client => ID_KP_CLIENT_AUTH,
+        LeafProfile::Server => ID_KP_SERVER_AUTH,
+    };
+    push(&mut exts, &subject, &ExtendedKeyUsage(vec![eku]))?;
+    push(
+        &mut exts,
+        &subject,
+        &SubjectKeyIdentifier::try_from(spec.spki.owned_to_ref())?,
+    )?;
+    push(
+        &mut exts,
+        &subject,
+        &AuthorityKeyIdentifier {
+            key_identifier: Some(der::asn1::OctetString::new(issuer.key_id.clone())?),
+            ..Default::default()
+        },
+    )?;
+    if !spec.general_names.is_empty() {
+        // Critical exactly when the subject is empty (RFC 5280 §4.2.1.6);
+        // x509-cert decides that from the subject.
+        push(&mut exts, &subject, &SubjectAltName(spec.general_names))?;
+    }
+    if let Some(url) = &issuer.crl_url {
+        push(
+            &mut exts,
+            &subject,
+            &CrlDistributionPoints(vec![DistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![
+                    GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(url)?),
+                ])),
+                reasons: None,
+                crl_issuer: None,
+            }]),
+        )?;
+    }
+    let profile = Fixed {
+        subject,
+        issuer: issuer.name.clone(),
+        extensions: exts,
+    };
+    let validity = Validity::new(
+        Time::try_from(spec.not_before)?,
+        Time::try_from(spec.not_after)?,
+    );
+    let builder = CertificateBuilder::new(profile, spec.serial, validity, spec.spki)?;
+    sign_with(builder, signer).await
+}
+
+/// The CA's own certificate: self-signed, `CA=true`, signing certificates and CRLs.
+pub async fn build_root<S: DigestSigner>(
+    signer: &S,
+    subject: Name,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<Certificate, BuildError> {
+    let spki = signer.public_key().clone();
+    let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref())?;
+    let mut exts = Vec::with_capacity(4);
+    push(
+        &mut exts,
+        &subject,
+        (
+            true,
+            &BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            },
+        ),
+    )?;
+    push(
+        &mut exts,
+        &subject,
+        &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+    )?;
+    push(&mut exts, &subject, &ski)?;
+    push(
+        &mut exts,
+        &subject,
+        &AuthorityKeyIdentifier {
+            key_identifier: Some(ski.0.clone()),
+            ..Default::default()
+        },
+    )?;
+    let profile = Fixed {
+        issuer: subject.clone(),
+        subject,
+        extensions: exts,
+    };
+    let validity = Validity::new(Time::try_from(not_before)?, Time::try_from(not_after)?);
+    let builder = CertificateBuilder::new(profile, random_serial()?, validity, spki)?;
+    sign_with(builder, signer).await
+}
+
+/// A CSR for the CA key, for an external root to sign (the CA then issues as
+/// an intermediate).
+pub async fn build_ca_csr<S: DigestSigner>(
+    signer: &S,
+    subject: Name,
+) -> Result<x509_cert::request::CertReq, BuildError> {
+    let mut builder = x509_cert::request::RequestBuilder::new(subject)?;
+    builder.add_extension((
+        true,
+        &BasicConstraints {
+            ca: true,
+            path_len_constraint: None,
+        },
+    ))?;
+    builder.add_extension(&KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign))?;
+    sign_with(builder, signer).await
+}
+
+/// DER of a certificate's TBS part, for logs and tests.
+pub fn tbs_der(cert: &Certificate) -> Result<Vec<u8>, der::Error> {
+    cert.tbs_certificate().to_der()
+}

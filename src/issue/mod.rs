@@ -1,0 +1,393 @@
+//! Issuance: validate one request completely (request id, key or CSR, names,
+//! profile, lifetime, metadata), then build the certificate and have the
+//! token sign its digest. Nothing is signed until everything has been checked.
+
+pub mod certificate;
+pub mod csr;
+pub mod subject_key;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use der::{EncodePem, pem::LineEnding};
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::Certificate;
+
+use crate::{
+    ca::CaChain,
+    config::{ProfileBounds, ProfilesConfig},
+    names::{NameError, Names},
+    proto::GenerateClientCertificateRequest,
+    signing::DigestSigner,
+};
+use certificate::{BuildError, LeafProfile, LeafSpec};
+use csr::CsrError;
+use subject_key::{KeyError, SubjectKeyKind};
+
+pub const MAX_TAGS: usize = 50;
+pub const MAX_TAG_KEY: usize = 128;
+pub const MAX_TAG_VALUE: usize = 256;
+pub const MAX_DESCRIPTION: usize = 1024;
+pub const RESERVED_TAG_PREFIX: &str = "hsmca:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The request is wrong; the message says how. → INVALID_ARGUMENT
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The CA cannot issue at all right now (e.g. it has expired).
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+fn invalid(msg: impl Into<String>) -> IssueError {
+    IssueError::Invalid(msg.into())
+}
+
+/// A certificate that was just issued, with everything the reply carries.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub certificate_id: String,
+    pub certificate: Certificate,
+    pub pem_certificate: String,
+    pub serial_hex: String,
+    pub subject: String,
+    pub names: Names,
+    pub profile: LeafProfile,
+    pub create_time: SystemTime,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub description: String,
+    pub tags: HashMap<String, String>,
+    pub request_id: String,
+}
+
+pub struct Issuer<S> {
+    signer: Arc<S>,
+    ca: Arc<CaChain>,
+    profiles: ProfilesConfig,
+    backdate: Duration,
+}
+
+impl<S: DigestSigner> Issuer<S> {
+    pub fn new(
+        signer: Arc<S>,
+        ca: Arc<CaChain>,
+        profiles: ProfilesConfig,
+        backdate: Duration,
+    ) -> Self {
+        Self {
+            signer,
+            ca,
+            profiles,
+            backdate,
+        }
+    }
+
+    pub fn ca(&self) -> &CaChain {
+        &self.ca
+    }
+
+    pub async fn issue(&self, req: GenerateClientCertificateRequest) -> Result<Issued, IssueError> {
+        let request_id = check_request_id(&req.request_id)?;
+        let profile = LeafProfile::parse(&req.profile).ok_or_else(|| {
+            invalid(format!(
+                "profile {:?} is unknown; use \"client\" or \"server\"",
+                req.profile
+            ))
+        })?;
+        let bounds = match profile {
+            LeafProfile::Client => self.profiles.client,
+            LeafProfile::Server => self.profiles.server,
+        };
+        let lifetime = check_duration(req.cert_duration.as_ref(), &bounds, profile)?;
+        check_description(&req.description)?;
+        check_tags(&req.tags)?;
+
+        let has_fields = !(req.common_name.is_empty()
+            && req.dns_names.is_empty()
+            && req.uri_sans.is_empty()
+            && req.ip_addresses.is_empty());
+        let (spki, names): (SubjectPublicKeyInfoOwned, Names) = match (
+            req.public_key.trim().is_empty(),
+            req.pem_csr.trim().is_empty(),
+        ) {
+            (true, true) => {
+                return Err(invalid(
+                    "give exactly one of public_key or pem_csr; neither was set",
+                ));
+            }
+            (false, false) => {
+                return Err(invalid(
+                    "give exactly one of public_key or pem_csr; both were set",
+                ));
+            }
+            (false, true) => {
+                let spki = subject_key::parse_public_key_pem(&req.public_key)?;
+                let names = Names::parse(
+                    &req.common_name,
+                    &req.dns_names,
+                    &req.uri_sans,
+                    &req.ip_addresses,
+                )?;
+                (spki, names)
+            }
+            (true, false) => {
+                if has_fields {
+                    return Err(invalid(
+                        "with pem_csr the names come from the CSR: leave common_name, dns_names, uri_sans and ip_addresses empty",
+                    ));
+                }
+                let verified = csr::parse_and_verify(&req.pem_csr)?;
+                let names = verified.names()?;
+                (verified.csr.info.public_key, names)
+            }
+        };
+        let kind = subject_key::check_subject_key(&spki)?;
+        if names.is_empty() {
+            return Err(invalid(
+                "the certificate would name nobody: give a common_name or at least one DNS name, URI or IP address",
+            ));
+        }
+        if names.has_wildcard() && profile != LeafProfile::Server {
+            return Err(invalid(
+                "wildcard DNS names are only issued with the \"server\" profile",
+            ));
+        }
+
+        let now = SystemTime::now();
+        let not_before = now - self.backdate;
+        let mut not_after = now + lifetime;
+        // Never outlive the CA: the reply shows the real expiry.
+        if not_after > self.ca.not_after {
+            not_after = self.ca.not_after;
+        }
+        if not_after <= now {
+            return Err(IssueError::Precondition(
+                "the CA certificate has expired; renew it with `hsmca init --force`".into(),
+            ));
+        }
+
+        let subject = names
+            .subject()
+            .map_err(|e| invalid(format!("common_name: {e}")))?;
+        let serial = certificate::random_serial()?;
+        let serial_hex = hex::encode(serial.as_bytes());
+        let spec = LeafSpec {
+            subject: subject.clone(),
+            general_names: names
+                .general_names()
+                .map_err(|e| invalid(format!("names: {e}")))?,
+            spki,
+            key_encipherment: matches!(kind, SubjectKeyKind::Rsa(_)),
+            profile,
+            serial,
+            not_before,
+            not_after,
+        };
+        let cert = certificate::build_leaf(self.signer.as_ref(), &self.ca.issuer, spec).await?;
+        let pem_certificate = cert
+            .to_pem(LineEnding::LF)
+            .map_err(|e| BuildError::Encoding(e.to_string()))?;
+        Ok(Issued {
+            certificate_id: uuid::Uuid::new_v4().to_string(),
+            certificate: cert,
+            pem_certificate,
+            serial_hex,
+            subject: subject.to_string(),
+            names,
+            profile,
+            create_time: now,
+            not_before,
+            not_after,
+            description: req.description,
+            tags: req.tags,
+            request_id,
+        })
+    }
+}
+
+/// An optional UUID; the zero UUID is refused because clients that forget to
+/// fill one in would all share it. Returned in canonical lowercase form.
+pub fn check_request_id(id: &str) -> Result<String, IssueError> {
+    if id.is_empty() {
+        return Ok(String::new());
+    }
+    let uuid = uuid::Uuid::try_parse(id).map_err(|_| {
+        invalid(format!(
+            "request_id {id:?} is not a UUID (like 123e4567-e89b-12d3-a456-426614174000)"
+        ))
+    })?;
+    if uuid.is_nil() {
+        return Err(invalid("request_id must not be the zero UUID"));
+    }
+    Ok(uuid.hyphenated().to_string())
+}
+
+pub fn check_duration(
+    d: Option<&prost_types::Duration>,
+    bounds: &ProfileBounds,
+    profile: LeafProfile,
+) -> Result<Duration, IssueError> {
+    let Some(d) = d else {
+        return Ok(bounds.default_duration);
+    };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(invalid("cert_duration must be a positive duration"));
+    }
+    let dur = Duration::new(d.seconds as u64, d.nanos as u32);
+    if dur < bounds.min_duration || dur > bounds.max_duration {
+        return Err(invalid(format!(
+            "cert_duration {} is outside the {} profile's bounds of {} to {}",
+            humantime::format_duration(dur),
+            profile.name(),
+            humantime::format_duration(bounds.min_duration),
+            humantime::format_duration(bounds.max_duration),
+        )));
+    }
+    Ok(dur)
+}
+
+pub fn check_description(d: &str) -> Result<(), IssueError> {
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(invalid(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    if d.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid("description contains a control character"));
+    }
+    Ok(())
+}
+
+fn tag_char_ok(c: char) -> bool {
+    c.is_alphanumeric() || " +-=._:/@".contains(c)
+}
+
+/// Tags as AWS API Gateway has them: at most 50; key 1–128 characters, value
+/// up to 256; letters, digits, space and `+ - = . _ : / @`; the `hsmca:` key
+/// prefix is reserved for hsmca itself.
+pub fn check_tags(tags: &HashMap<String, String>) -> Result<(), IssueError> {
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(format!(
+            "{} tags given; at most {MAX_TAGS} are allowed",
+            tags.len()
+        )));
+    }
+    let mut keys: Vec<&String> = tags.keys().collect();
+    keys.sort();
+    for k in keys {
+        let v = &tags[k];
+        let n = k.chars().count();
+        if n == 0 || n > MAX_TAG_KEY {
+            return Err(invalid(format!(
+                "tag key {k:?} must be 1 to {MAX_TAG_KEY} characters"
+            )));
+        }
+        if k.to_ascii_lowercase().starts_with(RESERVED_TAG_PREFIX) {
+            return Err(invalid(format!(
+                "tag key {k:?} uses the reserved prefix {RESERVED_TAG_PREFIX:?}"
+            )));
+        }
+        if let Some(c) = k.chars().find(|c| !tag_char_ok(*c)) {
+            return Err(invalid(format!(
+                "tag key {k:?} contains {c:?}; allowed are letters, digits, space and + - = . _ : / @"
+            )));
+        }
+        if v.chars().count() > MAX_TAG_VALUE {
+            return Err(invalid(format!(
+                "tag {k:?}: value is longer than {MAX_TAG_VALUE} characters"
+            )));
+        }
+        if let Some(c) = v.chars().find(|c| !tag_char_ok(*c)) {
+            return Err(invalid(format!(
+                "tag {k:?}: value contains {c:?}; allowed are letters, digits, space and + - = . _ : / @"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(check_request_id("").unwrap(), "");
+        assert_eq!(
+            check_request_id("123E4567-E89B-12D3-A456-426614174000").unwrap(),
+            "123e4567-e89b-12d3-a456-426614174000"
+        );
+        assert!(check_request_id("00000000-0000-0000-0000-000000000000").is_err());
+        assert!(check_request_id("abc").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let b = ProfileBounds::default();
+        let d = |s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        };
+        assert_eq!(
+            check_duration(None, &b, LeafProfile::Client).unwrap(),
+            Duration::from_secs(86400)
+        );
+        assert!(check_duration(Some(&d(3600)), &b, LeafProfile::Client).is_ok());
+        assert!(check_duration(Some(&d(86400)), &b, LeafProfile::Client).is_ok());
+        let e = check_duration(Some(&d(1800)), &b, LeafProfile::Client)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("30m") && e.contains("1h") && e.contains("1day"),
+            "{e}"
+        );
+        assert!(check_duration(Some(&d(25 * 3600)), &b, LeafProfile::Client).is_err());
+        assert!(check_duration(Some(&d(-5)), &b, LeafProfile::Client).is_err());
+    }
+
+    #[test]
+    fn tags() {
+        let t = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(check_tags(&t(&[("team", "pay ments"), ("a:b/c@d", "x+y=z.w_1-2")])).is_ok());
+        for (bad, needle) in [
+            (t(&[("", "x")]), "\"\""),
+            (t(&[("hsmca:owner", "x")]), "reserved"),
+            (t(&[("HSMCA:owner", "x")]), "reserved"),
+            (t(&[("k!", "x")]), "'!'"),
+            (t(&[("k", "v\n")]), "\"k\""),
+            (t(&[(&"k".repeat(129), "v")]), "1 to 128"),
+            (t(&[("k", &"v".repeat(257))]), "longer than 256"),
+        ] {
+            let e = check_tags(&bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        let many: HashMap<String, String> =
+            (0..51).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(
+            check_tags(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("51 tags")
+        );
+        assert!(check_description(&"d".repeat(1025)).is_err());
+        assert!(check_description("ok\nfine").is_ok());
+    }
+}

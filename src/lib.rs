@@ -1,0 +1,17 @@
+//! hsmca: a certificate authority daemon whose CA key never leaves a PKCS#11
+//! token. Modules follow a request: `server` (socket, gRPC) → `issue`
+//! (validation, certificate building) → `signing` (digest-only contract) →
+//! `token` (PKCS#11 sessions on their own threads).
+
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod issue;
+pub mod names;
+pub mod pin;
+pub mod pkcs11_uri;
+pub mod proto;
+pub mod server;
+pub mod signing;
+pub mod token;
+pub mod verify;

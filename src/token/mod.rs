@@ -1,0 +1,335 @@
+//! The PKCS#11 token: load the module, find the token by label (slot numbers
+//! move when tokens are initialised), log in once for the whole process, and
+//! find the CA key unambiguously. Signing happens in [`pool`], on threads that
+//! own their sessions; nothing here runs on the async runtime.
+
+pub mod keygen;
+pub mod pool;
+pub mod pubkey;
+
+use cryptoki::{
+    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+    error::{Error as CkError, RvError},
+    object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle},
+    session::{Session, UserType},
+    slot::Slot,
+};
+use secrecy::SecretString;
+use spki::SubjectPublicKeyInfoOwned;
+
+use crate::config::{KeyType, TokenLocator};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot load PKCS#11 module {module}: {message}")]
+    Load { module: String, message: String },
+    #[error("no token labelled {0:?} (is SOFTHSM2_CONF or the module path right?)")]
+    TokenNotFound(String),
+    #[error("{count} tokens are labelled {label:?}; refusing to guess which one holds the CA key")]
+    AmbiguousToken { label: String, count: usize },
+    #[error("the PIN was rejected by the token")]
+    PinIncorrect,
+    #[error("the token's user PIN is locked")]
+    PinLocked,
+    #[error("no CA key {0} in the token (run `hsmca init`)")]
+    KeyNotFound(String),
+    #[error("the CA key is ambiguous: {0}")]
+    AmbiguousKey(String),
+    #[error("CA key {key}: {problem}")]
+    KeyUnsuitable { key: String, problem: String },
+    #[error("CA key {0} already exists in the token (use --force to replace it)")]
+    KeyExists(String),
+    #[error("the signing queue is full; retry shortly")]
+    Busy,
+    #[error("the signer has stopped")]
+    Stopped,
+    #[error("PKCS#11 {function} failed: {rv}")]
+    Pkcs11 { function: String, rv: String },
+    #[error("PKCS#11: {0}")]
+    Other(String),
+}
+
+impl TokenError {
+    pub(crate) fn from_ck(e: CkError) -> Self {
+        match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => Self::PinIncorrect,
+            CkError::Pkcs11(RvError::PinLocked, _) => Self::PinLocked,
+            CkError::Pkcs11(rv, f) => Self::Pkcs11 {
+                function: format!("{f:?}"),
+                rv: format!("{rv}"),
+            },
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// True when the session (not the token) is broken: a fresh session and
+    /// a second attempt may succeed.
+    pub(crate) fn is_session_level(e: &CkError) -> bool {
+        matches!(
+            e,
+            CkError::Pkcs11(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::ObjectHandleInvalid
+                    | RvError::KeyHandleInvalid
+                    | RvError::UserNotLoggedIn,
+                _
+            )
+        )
+    }
+}
+
+/// How the CA key is named in the token.
+#[derive(Debug, Clone)]
+pub struct KeySelector {
+    pub label: Option<String>,
+    pub id: Option<Vec<u8>>,
+}
+
+impl KeySelector {
+    pub fn from_locator(l: &TokenLocator) -> Self {
+        Self {
+            label: l.key_label.clone(),
+            id: l.key_id.clone(),
+        }
+    }
+
+    fn template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![Attribute::Class(class)];
+        if let Some(l) = &self.label {
+            t.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        if let Some(id) = &self.id {
+            t.push(Attribute::Id(id.clone()));
+        }
+        t
+    }
+}
+
+impl std::fmt::Display for KeySelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.label, &self.id) {
+            (Some(l), Some(id)) => write!(f, "label={l:?} id={}", hex::encode(id)),
+            (Some(l), None) => write!(f, "label={l:?}"),
+            (None, Some(id)) => write!(f, "id={}", hex::encode(id)),
+            (None, None) => write!(f, "(unnamed)"),
+        }
+    }
+}
+
+/// The CA key as found in the token.
+#[derive(Debug, Clone)]
+pub struct CaKey {
+    pub private: ObjectHandle,
+    pub id: Vec<u8>,
+    pub label: String,
+    pub spki: SubjectPublicKeyInfoOwned,
+}
+
+/// A loaded, logged-in token. The login session is kept open for the whole
+/// life of the process: closing the last session logs the application out.
+pub struct Token {
+    ctx: Pkcs11,
+    slot: Slot,
+    login_session: Option<Session>,
+}
+
+impl Token {
+    /// Loads the module, finds the token by label and logs in as user.
+    pub fn open(locator: &TokenLocator, pin: &SecretString) -> Result<Self, TokenError> {
+        let ctx = Pkcs11::new(&locator.module).map_err(|e| TokenError::Load {
+            module: locator.module.display().to_string(),
+            message: e.to_string(),
+        })?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(TokenError::from_ck)?;
+        let slot = find_slot(&ctx, &locator.token_label)?;
+        let session = ctx.open_rw_session(slot).map_err(TokenError::from_ck)?;
+        match session.login(UserType::User, Some(pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(TokenError::from_ck(e)),
+        }
+        Ok(Self {
+            ctx,
+            slot,
+            login_session: Some(session),
+        })
+    }
+
+    pub fn context(&self) -> &Pkcs11 {
+        &self.ctx
+    }
+
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The session that holds the login; used for one-off work (lookup,
+    /// key generation), never for the signing hot path.
+    pub fn session(&self) -> Result<&Session, TokenError> {
+        self.login_session
+            .as_ref()
+            .ok_or_else(|| TokenError::Other("token is closed".into()))
+    }
+
+    /// Finds exactly one private key and its public half (paired by CKA_ID)
+    /// and checks that it is the kind of key the config says.
+    pub fn find_ca_key(&self, sel: &KeySelector, expected: KeyType) -> Result<CaKey, TokenError> {
+        let session = self.session()?;
+        let privs = session
+            .find_objects(&sel.template(ObjectClass::PRIVATE_KEY))
+            .map_err(TokenError::from_ck)?;
+        let private = match privs.as_slice() {
+            [] => return Err(TokenError::KeyNotFound(sel.to_string())),
+            [one] => *one,
+            many => {
+                let found = describe_objects(session, many);
+                return Err(TokenError::AmbiguousKey(format!(
+                    "{} private keys match {sel}: {found}; give token.key_id to choose one",
+                    many.len()
+                )));
+            }
+        };
+        let attrs = session
+            .get_attributes(
+                private,
+                &[
+                    AttributeType::Id,
+                    AttributeType::Label,
+                    AttributeType::KeyType,
+                    AttributeType::Sign,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+            .map_err(TokenError::from_ck)?;
+        let mut id = Vec::new();
+        let mut label = String::new();
+        let mut key_type = None;
+        let (mut sign, mut sensitive, mut extractable) = (false, false, true);
+        for a in attrs {
+            match a {
+                Attribute::Id(v) => id = v,
+                Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
+                Attribute::KeyType(t) => key_type = Some(t),
+                Attribute::Sign(b) => sign = b,
+                Attribute::Sensitive(b) => sensitive = b,
+                Attribute::Extractable(b) => extractable = b,
+                _ => {}
+            }
+        }
+        let unsuitable = |problem: &str| TokenError::KeyUnsuitable {
+            key: sel.to_string(),
+            problem: problem.to_owned(),
+        };
+        if !sign {
+            return Err(unsuitable("CKA_SIGN is false"));
+        }
+        if !sensitive || extractable {
+            return Err(unsuitable(
+                "the private key is exportable (needs CKA_SENSITIVE=true and CKA_EXTRACTABLE=false)",
+            ));
+        }
+        let want = if expected.is_rsa() {
+            CkKeyType::RSA
+        } else {
+            CkKeyType::EC
+        };
+        if key_type != Some(want) {
+            return Err(unsuitable(&format!(
+                "it is a {key_type:?} key but ca.key_type is {}",
+                expected.name()
+            )));
+        }
+
+        // The public half must carry the same CKA_ID; SoftHSM2 (and others)
+        // allow duplicates, so pairing by label alone could mix two keys.
+        let mut pub_template = vec![
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Id(id.clone()),
+        ];
+        if let Some(l) = &sel.label {
+            pub_template.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        let pubs = session
+            .find_objects(&pub_template)
+            .map_err(TokenError::from_ck)?;
+        let public = match pubs.as_slice() {
+            [] => {
+                return Err(unsuitable(&format!(
+                    "no public key object with CKA_ID {} pairs with the private key",
+                    hex::encode(&id)
+                )));
+            }
+            [one] => *one,
+            many => {
+                return Err(TokenError::AmbiguousKey(format!(
+                    "{} public keys carry CKA_ID {}: {}",
+                    many.len(),
+                    hex::encode(&id),
+                    describe_objects(session, many)
+                )));
+            }
+        };
+        let spki = pubkey::read_spki(session, public, expected)?;
+        Ok(CaKey {
+            private,
+            id,
+            label,
+            spki,
+        })
+    }
+
+    /// Logs out and unloads the module (cryptoki does not finalize on drop).
+    pub fn close(mut self) {
+        if let Some(s) = self.login_session.take() {
+            let _ = s.logout();
+            drop(s);
+        }
+        let _ = self.ctx.clone().finalize();
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
+    let slots = ctx
+        .get_slots_with_initialized_token()
+        .map_err(TokenError::from_ck)?;
+    let mut matching = Vec::new();
+    for slot in slots {
+        let info = ctx.get_token_info(slot).map_err(TokenError::from_ck)?;
+        if info.label().trim_end() == label {
+            matching.push(slot);
+        }
+    }
+    match matching.as_slice() {
+        [] => Err(TokenError::TokenNotFound(label.to_owned())),
+        [one] => Ok(*one),
+        many => Err(TokenError::AmbiguousToken {
+            label: label.to_owned(),
+            count: many.len(),
+        }),
+    }
+}
+
+/// "label=… id=…" for each object, for messages about ambiguous matches.
+fn describe_objects(session: &Session, objects: &[ObjectHandle]) -> String {
+    objects
+        .iter()
+        .map(|o| {
+            let attrs = session
+                .get_attributes(*o, &[AttributeType::Label, AttributeType::Id])
+                .unwrap_or_default();
+            let mut label = String::new();
+            let mut id = String::new();
+            for a in attrs {
+                match a {
+                    Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
+                    Attribute::Id(v) => id = hex::encode(v),
+                    _ => {}
+                }
+            }
+            format!("[label={label:?} id={id}]")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
