@@ -341,7 +341,6 @@ pub struct ProfilesConfig {
     pub server: ProfileBounds,
 }
 
-
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileBounds {

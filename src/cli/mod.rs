@@ -1,1 +1,121 @@
+//! The `hsmca` command line: `serve` and `init` run next to the token;
+//! `issue` and `ca` are clients of a running daemon's socket.
 
+pub mod client;
+pub mod init;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hsmca",
+    version,
+    about = "A certificate authority whose CA key never leaves a PKCS#11 token"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: log in to the token and serve gRPC on the Unix socket.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the CA key in the token and the CA certificate.
+    Init(InitArgs),
+    /// Ask the daemon for a certificate.
+    Issue(Box<IssueArgs>),
+    /// Print the CA certificates (issuing CA first, root last).
+    Ca {
+        #[command(flatten)]
+        conn: Connection,
+        /// Write the chain here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Replace an existing CA key (and certificate) instead of refusing.
+    #[arg(long)]
+    pub force: bool,
+    /// Write a CSR for the CA key to this file, for an external root to sign,
+    /// instead of making a self-signed root.
+    #[arg(long, conflicts_with = "import_chain")]
+    pub csr: Option<PathBuf>,
+    /// Install the chain an external root signed (the CA certificate first,
+    /// then each issuer up to the root).
+    #[arg(long)]
+    pub import_chain: Option<PathBuf>,
+}
+
+/// How a client finds the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The daemon's socket.
+    #[arg(long, env = "HSMCA_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Read the socket path from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// PEM public key (SubjectPublicKeyInfo) to certify.
+    #[arg(long, conflicts_with = "csr", required_unless_present = "csr")]
+    pub public_key: Option<PathBuf>,
+    /// PEM CSR to certify; the names come from the CSR.
+    #[arg(long)]
+    pub csr: Option<PathBuf>,
+    /// Requested lifetime, e.g. 12h (default: the profile's).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Certificate profile: client (default) or server.
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(long)]
+    pub cn: Option<String>,
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    #[arg(long = "uri")]
+    pub uri: Vec<String>,
+    #[arg(long = "ip")]
+    pub ip: Vec<String>,
+    /// UUID that makes retrying this exact request safe.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A tag as key=value; repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Write the certificate here (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the chain (certificate first, root last) here.
+    #[arg(long)]
+    pub chain: Option<PathBuf>,
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve { config } => serve::serve(&config).await,
+        Command::Init(args) => init::init(args).await,
+        Command::Issue(args) => client::issue(*args).await,
+        Command::Ca { conn, out } => client::ca(conn, out).await,
+    }
+}

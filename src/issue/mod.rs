@@ -183,7 +183,7 @@ impl<S: DigestSigner> Issuer<S> {
             .subject()
             .map_err(|e| invalid(format!("common_name: {e}")))?;
         let serial = certificate::random_serial()?;
-        let serial_hex = hex::encode(serial.as_bytes());
+        let serial_hex = serial_hex(serial.as_bytes());
         let spec = LeafSpec {
             subject: subject.clone(),
             general_names: names
@@ -197,6 +197,12 @@ impl<S: DigestSigner> Issuer<S> {
             not_after,
         };
         let cert = certificate::build_leaf(self.signer.as_ref(), &self.ca.issuer, spec).await?;
+        // The reply reports the certificate's own times (whole seconds).
+        let validity = cert.tbs_certificate().validity();
+        let (not_before, not_after) = (
+            validity.not_before.to_system_time(),
+            validity.not_after.to_system_time(),
+        );
         let pem_certificate = cert
             .to_pem(LineEnding::LF)
             .map_err(|e| BuildError::Encoding(e.to_string()))?;
@@ -216,6 +222,16 @@ impl<S: DigestSigner> Issuer<S> {
             request_id,
         })
     }
+}
+
+/// Lowercase hex of the serial's value, without the DER sign byte: what
+/// `openssl x509 -serial` prints, lowercased.
+pub fn serial_hex(der_int: &[u8]) -> String {
+    let start = der_int
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der_int.len().saturating_sub(1));
+    hex::encode(&der_int[start..])
 }
 
 /// An optional UUID; the zero UUID is refused because clients that forget to
@@ -322,6 +338,13 @@ pub fn check_tags(tags: &HashMap<String, String>) -> Result<(), IssueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_hex_drops_the_sign_byte() {
+        assert_eq!(serial_hex(&[0x00, 0xde, 0x02]), "de02");
+        assert_eq!(serial_hex(&[0x7f, 0x00]), "7f00");
+        assert_eq!(serial_hex(&[0x00]), "00");
+    }
 
     #[test]
     fn request_ids() {

@@ -1,1 +1,72 @@
+//! The daemon's front: gRPC over a Unix socket. [`run`] takes an already
+//! bound listener and a shutdown future, so tests and socket activation can
+//! hand it their own.
 
+pub mod service;
+pub mod socket;
+pub mod status;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::{
+    issue::Issuer,
+    proto::{FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer},
+    signing::DigestSigner,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+pub struct ServeOptions {
+    pub max_request_bytes: usize,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish, and returns.
+pub async fn run<S, F>(
+    issuer: Arc<Issuer<S>>,
+    listener: UnixListener,
+    opts: ServeOptions,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    S: DigestSigner + 'static,
+    F: Future<Output = ()> + Send,
+{
+    let limit = opts.max_request_bytes;
+    let ca = CertificateAuthorityServer::new(service::CaService::new(issuer))
+        .max_decoding_message_size(limit);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CertificateAuthorityServer<service::CaService<S>>>()
+        .await;
+    // v1 for current tools; v1alpha for grpcurl < 1.9 and Python's client.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |resp| {
+            status::rewrite_oversize(resp, limit)
+        }))
+        .add_service(ca)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Client commands: talk to a running daemon over its Unix socket.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tonic::{
+    Code,
+    transport::{Channel, Endpoint, Uri},
+};
+
+use super::{CliResult, Connection, IssueArgs};
+use crate::{
+    config::{Config, ServerConfig},
+    proto::{
+        GenerateClientCertificateRequest, GetCaCertificatesRequest,
+        certificate_authority_client::CertificateAuthorityClient,
+    },
+};
+
+/// The socket to use: `--socket`/`HSMCA_SOCKET`, else the config's
+/// `server.socket`, else the default.
+pub fn socket_path(conn: &Connection) -> CliResult<PathBuf> {
+    if let Some(s) = &conn.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &conn.config {
+        return Ok(Config::load(c)?.server.socket);
+    }
+    Ok(ServerConfig::default().socket)
+}
+
+pub async fn connect(socket: &Path) -> CliResult<Channel> {
+    let path = socket.to_owned();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let channel = Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    Ok(channel)
+}
+
+/// The canonical gRPC name of a status code, as users see it in docs.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_error(s: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("{}: {}", code_name(s.code()), s.message()).into()
+}
+
+fn read(path: &Path) -> CliResult<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}
+
+fn write_out(path: Option<&Path>, text: &str) -> CliResult {
+    match path {
+        Some(p) => {
+            std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()).into())
+        }
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn issue(args: IssueArgs) -> CliResult {
+    let socket = socket_path(&args.conn)?;
+    let mut tags = std::collections::HashMap::new();
+    for t in &args.tags {
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| format!("--tag {t:?}: expected key=value"))?;
+        tags.insert(k.to_owned(), v.to_owned());
+    }
+    let cert_duration = match &args.duration {
+        Some(d) => {
+            let d = humantime::parse_duration(d).map_err(|e| format!("--duration {d:?}: {e}"))?;
+            Some(prost_types::Duration::try_from(d).map_err(|e| format!("--duration: {e}"))?)
+        }
+        None => None,
+    };
+    let req = GenerateClientCertificateRequest {
+        request_id: args.request_id.clone().unwrap_or_default(),
+        public_key: args
+            .public_key
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .unwrap_or_default(),
+        pem_csr: args
+            .csr
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .unwrap_or_default(),
+        cert_duration,
+        profile: args.profile.clone().unwrap_or_default(),
+        common_name: args.cn.clone().unwrap_or_default(),
+        dns_names: args.dns.clone(),
+        uri_sans: args.uri.clone(),
+        ip_addresses: args.ip.clone(),
+        description: args.description.clone().unwrap_or_default(),
+        tags,
+    };
+    let mut client = CertificateAuthorityClient::new(connect(&socket).await?);
+    let cert = client
+        .generate_client_certificate(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    write_out(args.out.as_deref(), &cert.pem_certificate)?;
+    if let Some(chain) = &args.chain {
+        write_out(Some(chain), &cert.pem_certificate_chain.concat())?;
+    }
+    let expires = cert
+        .expire_time
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "issued {} serial {} subject {:?} expires {}",
+        cert.certificate_id, cert.serial_number, cert.subject, expires
+    );
+    Ok(())
+}
+
+pub async fn ca(conn: Connection, out: Option<PathBuf>) -> CliResult {
+    let socket = socket_path(&conn)?;
+    let mut client = CertificateAuthorityClient::new(connect(&socket).await?);
+    let resp = client
+        .get_ca_certificates(GetCaCertificatesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    write_out(out.as_deref(), &resp.pem_certificate_chain.concat())
+}

@@ -1,0 +1,142 @@
+//! `hsmca serve`: log in, check that the token key and the CA certificate
+//! belong together, bind the socket, serve until SIGTERM/SIGINT.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::CliResult;
+use crate::{
+    ca::CaChain,
+    config::{Config, LogFormat},
+    issue::Issuer,
+    server::{self, ServeOptions, socket::BoundSocket},
+    signing::{DigestSigner, SignatureScheme},
+    token::{CaKey, KeySelector, Token, pool::SignerPool},
+};
+
+pub fn init_logging(cfg: &Config) -> CliResult {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .map_err(|e| format!("config key log.level: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // A second init (tests running several commands in one process) is harmless.
+    let _ = result;
+    Ok(())
+}
+
+/// Opens the token, logs in, finds the existing CA key and starts the
+/// signing threads. Runs the blocking PKCS#11 work off the async runtime.
+pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<SignerPool>, CaKey)> {
+    let pin = crate::pin::load_pin(&cfg.token)?;
+    let locator = cfg.token.locator()?;
+    let kt = cfg.ca.key_type;
+    let scheme = SignatureScheme::for_ca(&cfg.ca);
+    let queue = cfg.token.queue_depth;
+    let (pool, key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
+        let token = Token::open(&locator, &pin)?;
+        let key = token.find_ca_key(&KeySelector::from_locator(&locator), kt)?;
+        let pool = SignerPool::start(token, &key, scheme, sessions, queue)?;
+        Ok((pool, key))
+    })
+    .await??;
+    Ok((Arc::new(pool), key))
+}
+
+/// Signs a random message through the pool and verifies it with the CA
+/// certificate's public key: proof that the token key, the mechanism and the
+/// certificate agree before any client is served.
+pub async fn self_test(pool: &SignerPool, ca: &CaChain) -> CliResult {
+    let mut msg = [0u8; 32];
+    getrandom::fill(&mut msg)?;
+    let scheme = pool.scheme();
+    let sig = pool.sign_digest(scheme.digest(&msg)).await?;
+    crate::verify::verify(
+        ca.issuing.tbs_certificate().subject_public_key_info(),
+        &scheme.algorithm_identifier()?,
+        &msg,
+        &sig,
+    )
+    .map_err(|e| {
+        format!(
+            "start-up self-test: a token signature failed to verify against the CA certificate: {e}"
+        )
+    })?;
+    Ok(())
+}
+
+pub async fn serve(config_path: &Path) -> CliResult {
+    let cfg = Config::load(config_path)?;
+    init_logging(&cfg)?;
+    let ca = Arc::new(CaChain::load(&cfg.ca)?);
+    let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
+    let result = serve_with(&cfg, ca, pool.clone(), &key).await;
+    let stopper = pool.clone();
+    tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
+}
+
+async fn serve_with(
+    cfg: &Config,
+    ca: Arc<CaChain>,
+    pool: Arc<SignerPool>,
+    key: &CaKey,
+) -> CliResult {
+    ca.check_key(&key.spki)?;
+    self_test(&pool, &ca).await?;
+    let issuer = Arc::new(Issuer::new(
+        pool,
+        ca.clone(),
+        cfg.profiles.clone(),
+        cfg.ca.backdate,
+    ));
+    let bound = BoundSocket::bind(&cfg.server.socket, cfg.server.socket_mode_bits())?;
+    let (listener, _socket_file) = bound.into_parts();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = ServeOptions {
+        max_request_bytes: cfg.server.max_request_bytes,
+    };
+    let mut server = tokio::spawn(server::run(issuer, listener, opts, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(
+        socket = %cfg.server.socket.display(),
+        key = %key.label,
+        key_id = %hex::encode(&key.id),
+        ca = %ca.issuing.tbs_certificate().subject(),
+        "serving"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    tokio::select! {
+        r = &mut server => return Ok(r??),
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(cfg.server.shutdown_grace, &mut server).await {
+        Ok(r) => r??,
+        Err(_) => {
+            tracing::warn!(
+                grace = ?cfg.server.shutdown_grace,
+                "in-flight requests did not finish in time; stopping anyway"
+            );
+            server.abort();
+        }
+    }
+    // Give aborted tasks a moment to drop their sockets.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

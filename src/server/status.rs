@@ -1,0 +1,64 @@
+//! The one place where errors become gRPC statuses. Clients get a message
+//! they can act on; internal detail (PKCS#11 return values) goes to the log.
+
+use tonic::{Code, Status};
+
+use crate::{
+    issue::{IssueError, certificate::BuildError},
+    signing::SignError,
+    token::TokenError,
+};
+
+impl From<IssueError> for Status {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::Invalid(_)
+            | IssueError::Key(_)
+            | IssueError::Csr(_)
+            | IssueError::Name(_) => Status::invalid_argument(e.to_string()),
+            IssueError::Precondition(m) => Status::failed_precondition(m),
+            IssueError::Build(BuildError::Sign(SignError::Token(t))) => token_status(t),
+            IssueError::Build(other) => {
+                tracing::error!(error = %other, "certificate building failed");
+                Status::internal("the certificate could not be built; see the daemon's log")
+            }
+        }
+    }
+}
+
+fn token_status(e: TokenError) -> Status {
+    match e {
+        TokenError::Busy => Status::new(
+            Code::ResourceExhausted,
+            "the signer's queue is full; retry in a moment",
+        ),
+        TokenError::Stopped => Status::unavailable("the daemon is shutting down; retry shortly"),
+        other => {
+            tracing::error!(error = %other, "token signing failed");
+            Status::unavailable("the HSM could not sign; retry shortly")
+        }
+    }
+}
+
+/// tonic answers an over-long message with OUT_OF_RANGE before the handler
+/// runs; the contract says INVALID_ARGUMENT, with the limit in the message.
+pub fn rewrite_oversize<B>(mut resp: http::Response<B>, limit: usize) -> http::Response<B> {
+    let h = resp.headers();
+    let is_oversize = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+        && h.get("grpc-message").is_some_and(|m| {
+            String::from_utf8_lossy(m.as_bytes())
+                .replace("%20", " ")
+                .contains("message length too large")
+        });
+    if is_oversize {
+        let msg = format!(
+            "the request is larger than the {limit}-byte limit; send a single PEM key or CSR"
+        );
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("3"));
+        if let Ok(v) = http::HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+    }
+    resp
+}
