@@ -215,10 +215,25 @@ pub fn parse_subject(s: &str) -> Result<Name, NameError> {
 
 /// A readable name for an OID ("secp521r1"), or its dotted form.
 pub fn oid_name(oid: ObjectIdentifier) -> String {
+    // Key types people send by mistake that const-oid's database lacks.
+    const EXTRA: &[(&str, &str)] = &[
+        ("1.3.132.0.10", "secp256k1"),
+        ("1.3.36.3.3.2.8.1.1.7", "brainpoolP256r1"),
+        ("1.3.36.3.3.2.8.1.1.11", "brainpoolP384r1"),
+        ("1.3.36.3.3.2.8.1.1.13", "brainpoolP512r1"),
+        ("1.3.101.110", "X25519"),
+        ("1.3.101.111", "X448"),
+        ("1.3.101.113", "Ed448"),
+        ("1.2.840.10040.4.1", "DSA"),
+    ];
+    let dotted = oid.to_string();
+    if let Some((_, name)) = EXTRA.iter().find(|(o, _)| *o == dotted) {
+        return format!("{name} ({dotted})");
+    }
     const_oid::db::DB
         .by_oid(&oid)
         .map(|n| format!("{n} ({oid})"))
-        .unwrap_or_else(|| oid.to_string())
+        .unwrap_or(dotted)
 }
 
 #[cfg(test)]

@@ -10,10 +10,14 @@ use crate::{
     ca::CaChain,
     config::{Config, LogFormat},
     issue::Issuer,
-    server::{self, ServeOptions, socket::BoundSocket},
+    server::{self, ServeOptions, inflight::InFlight, socket::BoundSocket},
     signing::{DigestSigner, SignatureScheme},
     token::{CaKey, KeySelector, Token, pool::SignerPool},
 };
+
+/// Time given to written replies to leave the socket once the last request
+/// has been answered.
+const FLUSH: Duration = Duration::from_millis(200);
 
 pub fn init_logging(cfg: &Config) -> CliResult {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
@@ -104,8 +108,10 @@ async fn serve_with(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let in_flight = InFlight::default();
     let opts = ServeOptions {
         max_request_bytes: cfg.server.max_request_bytes,
+        in_flight: in_flight.clone(),
     };
     let mut server = tokio::spawn(server::run(issuer, listener, opts, async {
         let _ = stop_rx.await;
@@ -126,17 +132,25 @@ async fn serve_with(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(());
-    match tokio::time::timeout(cfg.server.shutdown_grace, &mut server).await {
-        Ok(r) => r??,
-        Err(_) => {
+    // Stop when the server has closed every connection, or when no request
+    // is in flight any more (plus a moment to flush the last replies): an
+    // idle or stalled client must not hold the daemon up. The grace period
+    // caps the wait for requests that do not finish.
+    let drained = async {
+        in_flight.idle().await;
+        tokio::time::sleep(FLUSH).await;
+    };
+    tokio::select! {
+        r = &mut server => r??,
+        _ = drained => server.abort(),
+        _ = tokio::time::sleep(cfg.server.shutdown_grace) => {
             tracing::warn!(
                 grace = ?cfg.server.shutdown_grace,
+                in_flight = in_flight.count(),
                 "in-flight requests did not finish in time; stopping anyway"
             );
             server.abort();
         }
     }
-    // Give aborted tasks a moment to drop their sockets.
-    tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }

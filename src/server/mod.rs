@@ -2,6 +2,7 @@
 //! bound listener and a shutdown future, so tests and socket activation can
 //! hand it their own.
 
+pub mod inflight;
 pub mod service;
 pub mod socket;
 pub mod status;
@@ -28,6 +29,8 @@ pub enum ServeError {
 
 pub struct ServeOptions {
     pub max_request_bytes: usize,
+    /// Counts requests being served; shutdown waits on it.
+    pub in_flight: inflight::InFlight,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -58,7 +61,16 @@ where
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let in_flight = opts.in_flight.clone();
     Server::builder()
+        .layer(tower::util::MapFutureLayer::new(move |fut| {
+            let guard = in_flight.enter();
+            async move {
+                let r = fut.await;
+                drop(guard);
+                r
+            }
+        }))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
             status::rewrite_oversize(resp, limit)
         }))
