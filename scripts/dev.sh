@@ -93,7 +93,6 @@ From another terminal (in $repo):
   openssl pkey -in key.pem -pubout -out key.pub.pem
 
   # have the CA issue a certificate for it
-  export SOFTHSM2_CONF=$(q "$SOFTHSM2_CONF")
   target/release/hsmca issue --config $(q "$config") --public-key key.pub.pem --cn demo --out cert.pem --chain chain.pem
 
   # check it against the CA certificate

@@ -567,6 +567,13 @@ certificate = "/tmp/ca.pem"
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = load(include_str!("../hsmca.example.toml"), &[]).unwrap();
+        assert_eq!(c.token.locator().unwrap().key_id, Some(vec![1]));
+        assert_eq!(c.ca.validity, Duration::from_secs(10 * 31_557_600));
+    }
+
+    #[test]
     fn uri_fills_token_coordinates() {
         let text = r#"
 [token]

@@ -240,3 +240,22 @@ async fn cli_issue_and_ca_commands() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn rsa4096_ca_issues() {
+    let ca = Ca::started("rsa4096");
+    let key = KeyPair::new(ca.dir.path(), "p384");
+    let r = ca
+        .client()
+        .await
+        .generate_client_certificate(GenerateClientCertificateRequest {
+            public_key: key.public_pem(),
+            common_name: "rsa4096".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    check_reply(&ca, &r);
+    assert!(x509_text(&ca, &r.ca_cert).contains("Public-Key: (4096 bit)"));
+}

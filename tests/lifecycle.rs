@@ -307,3 +307,26 @@ async fn intermediate_under_an_external_root() {
         &r.ca_cert,
     );
 }
+
+#[tokio::test]
+async fn setup_sh_is_idempotent_for_an_existing_dir() {
+    let mut ca = Ca::new("p256");
+    let snapshot = |ca: &Ca| {
+        ["pin", "so-pin", "hsmca.toml", "softhsm2.conf", "ca.pem"]
+            .map(|f| std::fs::read(ca.path(f)).unwrap())
+    };
+    let before = snapshot(&ca);
+    run_ok(
+        Command::new("bash")
+            .arg(common::repo().join("softhsm-setup/setup.sh"))
+            .arg(ca.dir.path())
+            .stdin(std::process::Stdio::null()),
+    );
+    assert!(
+        before == snapshot(&ca),
+        "setup.sh changed an existing directory"
+    );
+    // The token and its CA key are untouched: the daemon starts and issues.
+    ca.start();
+    ca.assert_serves().await;
+}

@@ -4,9 +4,9 @@
 //! with `cryptography`, reads the CA certificates, provokes INVALID_ARGUMENT,
 //! and checks the standard health and reflection services.
 //!
-//! The channel sets `grpc.default_authority` to "localhost": grpcio's default
-//! :authority on a unix: channel is the percent-encoded socket path, which the
-//! daemon's HTTP/2 stack rejects (see CHANNEL_OPTIONS in the script).
+//! The channel uses grpcio's defaults (CHANNEL_OPTIONS in the script is
+//! empty), so its :authority is the percent-encoded socket path, which the
+//! daemon must accept (see `server::authority`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -57,13 +57,11 @@ except ImportError as e:
 
 SERVICE = "hsmca.v1.CertificateAuthority"
 TIMEOUT = 60
-# grpc-core >= 1.57 sends the percent-encoded socket path as :authority on a
-# unix: channel ("tmp%2F...%2Fhsmca.sock"); the daemon's HTTP/2 stack (h2 via
-# the http crate) rejects a '%' in the host with RST_STREAM(PROTOCOL_ERROR),
-# seen by the client as INTERNAL "Stream removed". Until the daemon accepts
-# that, a Python client must name an authority, as grpc-go does for unix:.
-# See grpc/grpc#38142, hyperium/h2#487.
-CHANNEL_OPTIONS = [("grpc.default_authority", "localhost")]
+# A default channel: grpc-core >= 1.57 then sends the percent-encoded socket
+# path as :authority ("tmp%2F...%2Fhsmca.sock"), which h2 alone would reset
+# with PROTOCOL_ERROR (grpc/grpc#38142, hyperium/h2#487); the daemon must
+# accept it without the client setting grpc.default_authority.
+CHANNEL_OPTIONS = []
 UTC = datetime.timezone.utc
 
 

@@ -2,17 +2,19 @@
 //! bound listener and a shutdown future, so tests and socket activation can
 //! hand it their own.
 
+pub mod authority;
 pub mod inflight;
 pub mod service;
 pub mod socket;
 pub mod status;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, io, sync::Arc};
 
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
 use tonic::transport::Server;
 
+use self::authority::AuthorityFix;
 use crate::{
     issue::Issuer,
     proto::{FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer},
@@ -78,7 +80,13 @@ where
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// Accepted connections, each behind [`authority::AuthorityFix`] so that
+/// clients sending their socket path as `:authority` are served.
+fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<AuthorityFix<UnixStream>>> {
+    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new))
 }
