@@ -50,6 +50,25 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub profiles: ProfilesConfig,
+    #[serde(default)]
+    pub crl: CrlConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// nextUpdate − thisUpdate. A new CRL is made at the middle of this
+    /// period and after every revocation.
+    #[serde(with = "humantime_serde")]
+    pub validity: Duration,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            validity: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +287,9 @@ pub struct CaConfig {
     /// Lifetime of the self-signed root made by `hsmca init`.
     #[serde(default = "default_ca_validity", with = "humantime_serde")]
     pub validity: Duration,
+    /// CRL distribution point written into issued certificates, if any.
+    #[serde(default)]
+    pub crl_url: Option<String>,
     /// How far notBefore is set in the past, to tolerate clock skew between
     /// this host and relying parties.
     #[serde(default = "default_backdate", with = "humantime_serde")]
@@ -297,13 +319,18 @@ impl CaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
+    /// Holds the certificate store (`hsmca.db`).
     pub dir: PathBuf,
+    /// How long a request_id replays its original reply.
+    #[serde(with = "humantime_serde")]
+    pub request_id_retention: Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/var/lib/hsmca"),
+            request_id_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -465,6 +492,23 @@ impl Config {
         }
         crate::names::parse_subject(&self.ca.subject)
             .map_err(|e| invalid("ca.subject", e.to_string()))?;
+        if self.state.request_id_retention < Duration::from_secs(3600) {
+            return Err(invalid(
+                "state.request_id_retention",
+                "must be at least 60m: clients may retry for an hour",
+            ));
+        }
+        if self.crl.validity < Duration::from_secs(600) {
+            return Err(invalid("crl.validity", "must be at least 10m"));
+        }
+        if let Some(url) = &self.ca.crl_url
+            && !(url.starts_with("http://") && url.is_ascii())
+        {
+            return Err(invalid(
+                "ca.crl_url",
+                "must be an http:// URL (RFC 5280 CRL distribution points are fetched without TLS)",
+            ));
+        }
         if self.ca.backdate > Duration::from_secs(24 * 3600) {
             return Err(invalid("ca.backdate", "must be at most 24h"));
         }

@@ -6,6 +6,7 @@
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod crl;
 pub mod issue;
 pub mod names;
 pub mod pin;
@@ -13,5 +14,6 @@ pub mod pkcs11_uri;
 pub mod proto;
 pub mod server;
 pub mod signing;
+pub mod store;
 pub mod token;
 pub mod verify;

@@ -67,7 +67,7 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-fn status_error(s: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
+pub(crate) fn status_error(s: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
     format!("{}: {}", code_name(s.code()), s.message()).into()
 }
 
@@ -75,21 +75,26 @@ fn read(path: &Path) -> CliResult<String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
 }
 
-fn write_out(path: Option<&Path>, text: &str) -> CliResult {
+pub(crate) fn write_out(path: Option<&Path>, text: &str) -> CliResult {
     match path {
         Some(p) => {
             std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()).into())
         }
         None => {
-            print!("{text}");
-            Ok(())
+            // Not print!: a closed pipe (`hsmca list | head`) is an error to
+            // report, not a panic.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write to standard output: {e}").into())
         }
     }
 }
 
 pub async fn issue(args: IssueArgs) -> CliResult {
     let socket = socket_path(&args.conn)?;
-    let mut tags = std::collections::HashMap::new();
+    let mut tags = std::collections::BTreeMap::new();
     for t in &args.tags {
         let (k, v) = t
             .split_once('=')
@@ -132,7 +137,14 @@ pub async fn issue(args: IssueArgs) -> CliResult {
         .await
         .map_err(status_error)?
         .into_inner();
-    write_out(args.out.as_deref(), &cert.pem_certificate)?;
+    if args.json {
+        if let Some(out) = &args.out {
+            write_out(Some(out), &cert.pem_certificate)?;
+        }
+        write_out(None, &super::records::issued_json(&cert)?)?;
+    } else {
+        write_out(args.out.as_deref(), &cert.pem_certificate)?;
+    }
     if let Some(chain) = &args.chain {
         write_out(Some(chain), &cert.pem_certificate_chain.concat())?;
     }

@@ -1,8 +1,10 @@
 //! The `hsmca` command line: `serve` and `init` run next to the token;
-//! `issue` and `ca` are clients of a running daemon's socket.
+//! `issue`, `ca`, `get`, `list`, `tag`, `revoke` and `crl` are clients of a
+//! running daemon's socket.
 
 pub mod client;
 pub mod init;
+pub mod records;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -41,6 +43,16 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print one certificate record.
+    Get(records::GetArgs),
+    /// List certificate records, newest first.
+    List(records::ListArgs),
+    /// Set or remove tags, or replace the description, of a certificate.
+    Tag(records::TagArgs),
+    /// Revoke a certificate: it appears on the next CRL.
+    Revoke(records::RevokeArgs),
+    /// Print the current CRL.
+    Crl(records::CrlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -103,12 +115,15 @@ pub struct IssueArgs {
     /// A tag as key=value; repeatable.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Write the certificate here (default: standard output).
+    /// Write the certificate here (default: standard output, unless --json).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the chain (certificate first, root last) here.
     #[arg(long)]
     pub chain: Option<PathBuf>,
+    /// Print the record and the PEMs as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(cli: Cli) -> CliResult {
@@ -117,5 +132,10 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Init(args) => init::init(args).await,
         Command::Issue(args) => client::issue(*args).await,
         Command::Ca { conn, out } => client::ca(conn, out).await,
+        Command::Get(args) => records::get(args).await,
+        Command::List(args) => records::list(args).await,
+        Command::Tag(args) => records::tag(args).await,
+        Command::Revoke(args) => records::revoke(args).await,
+        Command::Crl(args) => records::crl(args).await,
     }
 }

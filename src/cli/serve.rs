@@ -9,9 +9,11 @@ use super::CliResult;
 use crate::{
     ca::CaChain,
     config::{Config, LogFormat},
+    crl::CrlPublisher,
     issue::Issuer,
-    server::{self, ServeOptions, inflight::InFlight, socket::BoundSocket},
+    server::{self, ServeOptions, inflight::InFlight, service::CaService, socket::BoundSocket},
     signing::{DigestSigner, SignatureScheme},
+    store::sql::SqlStore,
     token::{CaKey, KeySelector, Token, pool::SignerPool},
 };
 
@@ -77,7 +79,9 @@ pub async fn self_test(pool: &SignerPool, ca: &CaChain) -> CliResult {
 pub async fn serve(config_path: &Path) -> CliResult {
     let cfg = Config::load(config_path)?;
     init_logging(&cfg)?;
-    let ca = Arc::new(CaChain::load(&cfg.ca)?);
+    let mut ca = CaChain::load(&cfg.ca)?;
+    ca.issuer.crl_url = cfg.ca.crl_url.clone();
+    let ca = Arc::new(ca);
     let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
     let result = serve_with(&cfg, ca, pool.clone(), &key).await;
     let stopper = pool.clone();
@@ -96,12 +100,22 @@ async fn serve_with(
 ) -> CliResult {
     ca.check_key(&key.spki)?;
     self_test(&pool, &ca).await?;
+    let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
     let issuer = Arc::new(Issuer::new(
-        pool,
+        pool.clone(),
         ca.clone(),
         cfg.profiles.clone(),
         cfg.ca.backdate,
     ));
+    let crl = Arc::new(CrlPublisher::new(
+        pool,
+        store.clone(),
+        ca.clone(),
+        cfg.crl.validity,
+    ));
+    // A CRL exists before the first client asks; failures are retried.
+    let refresher = tokio::spawn(crl.clone().refresh_forever());
+    let service = CaService::new(issuer, store, crl, cfg.state.request_id_retention);
     let bound = BoundSocket::bind(&cfg.server.socket, cfg.server.socket_mode_bits())?;
     let (listener, _socket_file) = bound.into_parts();
 
@@ -113,7 +127,7 @@ async fn serve_with(
         max_request_bytes: cfg.server.max_request_bytes,
         in_flight: in_flight.clone(),
     };
-    let mut server = tokio::spawn(server::run(issuer, listener, opts, async {
+    let mut server = tokio::spawn(server::run(service, listener, opts, async {
         let _ = stop_rx.await;
     }));
     tracing::info!(
@@ -152,5 +166,6 @@ async fn serve_with(
             server.abort();
         }
     }
+    refresher.abort();
     Ok(())
 }

@@ -7,7 +7,7 @@ pub mod csr;
 pub mod subject_key;
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -69,7 +69,7 @@ pub struct Issued {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub description: String,
-    pub tags: HashMap<String, String>,
+    pub tags: BTreeMap<String, String>,
     pub request_id: String,
 }
 
@@ -294,7 +294,7 @@ fn tag_char_ok(c: char) -> bool {
 /// Tags as AWS API Gateway has them: at most 50; key 1–128 characters, value
 /// up to 256; letters, digits, space and `+ - = . _ : / @`; the `hsmca:` key
 /// prefix is reserved for hsmca itself.
-pub fn check_tags(tags: &HashMap<String, String>) -> Result<(), IssueError> {
+pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), IssueError> {
     if tags.len() > MAX_TAGS {
         return Err(invalid(format!(
             "{} tags given; at most {MAX_TAGS} are allowed",
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn tags() {
-        let t = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        let t = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -402,7 +402,7 @@ mod tests {
             let e = check_tags(&bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
-        let many: HashMap<String, String> =
+        let many: BTreeMap<String, String> =
             (0..51).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(
             check_tags(&many)

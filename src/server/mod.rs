@@ -4,11 +4,12 @@
 
 pub mod authority;
 pub mod inflight;
+pub mod records;
 pub mod service;
 pub mod socket;
 pub mod status;
 
-use std::{future::Future, io, sync::Arc};
+use std::{future::Future, io};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
@@ -16,7 +17,6 @@ use tonic::transport::Server;
 
 use self::authority::AuthorityFix;
 use crate::{
-    issue::Issuer,
     proto::{FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer},
     signing::DigestSigner,
 };
@@ -37,22 +37,22 @@ pub struct ServeOptions {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish, and returns.
-pub async fn run<S, F>(
-    issuer: Arc<Issuer<S>>,
+pub async fn run<S, St, F>(
+    service: service::CaService<S, St>,
     listener: UnixListener,
     opts: ServeOptions,
     shutdown: F,
 ) -> Result<(), ServeError>
 where
     S: DigestSigner + 'static,
+    St: crate::store::Store,
     F: Future<Output = ()> + Send,
 {
     let limit = opts.max_request_bytes;
-    let ca = CertificateAuthorityServer::new(service::CaService::new(issuer))
-        .max_decoding_message_size(limit);
+    let ca = CertificateAuthorityServer::new(service).max_decoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<CertificateAuthorityServer<service::CaService<S>>>()
+        .set_serving::<CertificateAuthorityServer<service::CaService<S, St>>>()
         .await;
     // v1 for current tools; v1alpha for grpcurl < 1.9 and Python's client.
     let reflection = tonic_reflection::server::Builder::configure()

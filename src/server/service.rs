@@ -1,12 +1,20 @@
 //! The `hsmca.v1.CertificateAuthority` service: identifies the peer, hands
 //! the request to the issuer, and shapes the reply.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
+use prost::Message;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
+use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::{
-    issue::{Issued, Issuer},
+    crl::{CrlPublisher, reason_code, unix_now},
+    issue::{Issued, Issuer, check_description, check_request_id, check_tags},
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
         GetCaCertificatesRequest, GetCaCertificatesResponse, GetClientCertificateRequest,
@@ -15,6 +23,7 @@ use crate::{
         certificate_authority_server::CertificateAuthority, client_certificate::State,
     },
     signing::DigestSigner,
+    store::{ListQuery, Record, Revocation, Store, StoreError},
 };
 
 /// Who is calling, from the kernel (SO_PEERCRED), not from anything the
@@ -40,13 +49,70 @@ pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
         })
 }
 
-pub struct CaService<S> {
-    issuer: Arc<Issuer<S>>,
+/// Serialises requests that share one (caller, request_id), so two
+/// concurrent retries produce one certificate.
+type RequestKey = (u32, String);
+
+#[derive(Default)]
+struct KeyedLocks {
+    locks: std::sync::Mutex<HashMap<RequestKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl<S> CaService<S> {
-    pub fn new(issuer: Arc<Issuer<S>>) -> Self {
-        Self { issuer }
+impl KeyedLocks {
+    async fn lock(&self, key: (u32, String)) -> KeyGuard<'_> {
+        let m = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = m.clone().lock_owned().await;
+        KeyGuard {
+            locks: self,
+            key,
+            _guard: guard,
+            lock: m,
+        }
+    }
+}
+
+struct KeyGuard<'a> {
+    locks: &'a KeyedLocks,
+    key: (u32, String),
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours, the map's, and the guard's: nobody else is waiting.
+        if Arc::strong_count(&self.lock) <= 3 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+pub struct CaService<S, St> {
+    issuer: Arc<Issuer<S>>,
+    store: Arc<St>,
+    crl: Arc<CrlPublisher<S, St>>,
+    retention: Duration,
+    locks: KeyedLocks,
+}
+
+impl<S, St> CaService<S, St> {
+    pub fn new(
+        issuer: Arc<Issuer<S>>,
+        store: Arc<St>,
+        crl: Arc<CrlPublisher<S, St>>,
+        retention: Duration,
+    ) -> Self {
+        Self {
+            issuer,
+            store,
+            crl,
+            retention,
+            locks: KeyedLocks::default(),
+        }
     }
 }
 
@@ -54,36 +120,158 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-fn reply(issued: Issued, chain: &[String], root: &str) -> ClientCertificate {
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn reply(issued: &Issued, chain: &[String], root: &str) -> ClientCertificate {
     let mut pem_certificate_chain = Vec::with_capacity(chain.len() + 1);
     pem_certificate_chain.push(issued.pem_certificate.clone());
     pem_certificate_chain.extend(chain.iter().cloned());
     ClientCertificate {
-        certificate_id: issued.certificate_id,
-        pem_certificate: issued.pem_certificate,
+        certificate_id: issued.certificate_id.clone(),
+        pem_certificate: issued.pem_certificate.clone(),
         pem_certificate_chain,
         ca_cert: root.to_owned(),
-        serial_number: issued.serial_hex,
-        subject: issued.subject,
-        dns_names: issued.names.dns,
-        uri_sans: issued.names.uris,
+        serial_number: issued.serial_hex.clone(),
+        subject: issued.subject.clone(),
+        dns_names: issued.names.dns.clone(),
+        uri_sans: issued.names.uris.clone(),
         ip_addresses: issued.names.ips.iter().map(|ip| ip.to_string()).collect(),
         create_time: Some(ts(issued.create_time)),
         not_before: Some(ts(issued.not_before)),
         expire_time: Some(ts(issued.not_after)),
-        description: issued.description,
-        tags: issued.tags,
+        description: issued.description.clone(),
+        tags: issued.tags.clone(),
         state: State::Active as i32,
-        request_id: issued.request_id,
+        request_id: issued.request_id.clone(),
     }
 }
 
-fn later(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this version of hsmca"))
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                tracing::error!(error = %m, "store unavailable");
+                Status::unavailable(
+                    "the certificate store cannot be written right now; nothing was issued or changed; retry shortly",
+                )
+            }
+            StoreError::Duplicate => {
+                Status::already_exists("a record with this key already exists")
+            }
+            StoreError::Corrupt(m) => {
+                tracing::error!(error = %m, "corrupt record");
+                Status::internal("a stored record could not be read; see the daemon's log")
+            }
+        }
+    }
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("no certificate {id:?}"))
+}
+
+impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
+    /// The caller's record `id`; another caller's record is NOT_FOUND too,
+    /// so ids cannot be probed.
+    async fn owned(&self, peer: Peer, id: &str) -> Result<Record, Status> {
+        match self.store.get(id).await? {
+            Some(rec) if rec.owner_uid == peer.uid => Ok(rec),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    async fn generate(
+        &self,
+        peer: Peer,
+        req: GenerateClientCertificateRequest,
+    ) -> Result<ClientCertificate, Status> {
+        let request_id = check_request_id(&req.request_id).map_err(Status::from)?;
+        if request_id.is_empty() {
+            return self.issue_and_record(peer, req, String::new()).await;
+        }
+        let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
+        let _one_at_a_time = self.locks.lock((peer.uid, request_id.clone())).await;
+        let since = unix_us(SystemTime::now() - self.retention);
+        if let Some(rec) = self
+            .store
+            .by_request_id(peer.uid, &request_id, since)
+            .await?
+        {
+            if rec.fingerprint != fingerprint {
+                return Err(Status::already_exists(format!(
+                    "request_id {request_id} was already used for a different request; use a new request_id"
+                )));
+            }
+            tracing::info!(uid = peer.uid, request_id = %request_id, id = %rec.id, "replayed reply");
+            return ClientCertificate::decode(rec.reply.as_slice())
+                .map_err(|_| Status::internal("the stored reply could not be read"));
+        }
+        self.issue_and_record(peer, req, fingerprint).await
+    }
+
+    async fn issue_and_record(
+        &self,
+        peer: Peer,
+        req: GenerateClientCertificateRequest,
+        fingerprint: String,
+    ) -> Result<ClientCertificate, Status> {
+        let issued = self.issuer.issue(req).await?;
+        let ca = self.issuer.ca();
+        let reply = reply(&issued, &ca.chain_pem, &ca.root_pem);
+        let record = Record {
+            id: issued.certificate_id.clone(),
+            serial: issued.serial_hex.clone(),
+            owner_uid: peer.uid,
+            owner_gid: peer.gid,
+            owner_pid: peer.pid.map_or(-1, i64::from),
+            subject: issued.subject.clone(),
+            dns_names: reply.dns_names.clone(),
+            uri_sans: reply.uri_sans.clone(),
+            ip_addresses: reply.ip_addresses.clone(),
+            profile: issued.profile.name().to_owned(),
+            not_before: unix(issued.not_before),
+            expire_time: unix(issued.not_after),
+            create_time_us: unix_us(issued.create_time),
+            request_id: issued.request_id.clone(),
+            fingerprint,
+            description: issued.description.clone(),
+            tags: issued.tags.clone(),
+            revoked: None,
+            pem: issued.pem_certificate.clone(),
+            reply: reply.encode_to_vec(),
+        };
+        match self.store.insert(record.clone()).await {
+            Ok(()) => {}
+            Err(StoreError::Duplicate) if !record.request_id.is_empty() => {
+                // An expired request_id still holds the index: free it, once.
+                let cutoff = unix_us(SystemTime::now() - self.retention);
+                self.store.expire_request_ids(cutoff).await?;
+                self.store.insert(record).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(
+            uid = peer.uid, gid = peer.gid, pid = peer.pid,
+            id = %issued.certificate_id,
+            serial = %issued.serial_hex,
+            subject = %issued.subject,
+            profile = issued.profile.name(),
+            "issued certificate"
+        );
+        Ok(reply)
+    }
 }
 
 #[tonic::async_trait]
-impl<S: DigestSigner + 'static> CertificateAuthority for CaService<S> {
+impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S, St> {
     async fn generate_client_certificate(
         &self,
         req: Request<GenerateClientCertificateRequest>,
@@ -91,20 +279,9 @@ impl<S: DigestSigner + 'static> CertificateAuthority for CaService<S> {
         let peer = peer(&req)?;
         let req = req.into_inner();
         let profile = req.profile.clone();
-        match self.issuer.issue(req).await {
-            Ok(issued) => {
-                tracing::info!(
-                    uid = peer.uid, gid = peer.gid, pid = peer.pid,
-                    serial = %issued.serial_hex,
-                    subject = %issued.subject,
-                    profile = issued.profile.name(),
-                    "issued certificate"
-                );
-                let ca = self.issuer.ca();
-                Ok(Response::new(reply(issued, &ca.chain_pem, &ca.root_pem)))
-            }
-            Err(e) => {
-                let status = Status::from(e);
+        match self.generate(peer, req).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(status) => {
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
                     profile = %profile,
@@ -131,33 +308,166 @@ impl<S: DigestSigner + 'static> CertificateAuthority for CaService<S> {
 
     async fn get_client_certificate(
         &self,
-        _: Request<GetClientCertificateRequest>,
+        req: Request<GetClientCertificateRequest>,
     ) -> Result<Response<ClientCertificate>, Status> {
-        Err(later("GetClientCertificate"))
+        let peer = peer(&req)?;
+        let rec = self.owned(peer, &req.get_ref().certificate_id).await?;
+        Ok(Response::new(records::to_reply(
+            &rec,
+            self.issuer.ca(),
+            unix_now(),
+        )))
     }
 
     async fn list_client_certificates(
         &self,
-        _: Request<ListClientCertificatesRequest>,
+        req: Request<ListClientCertificatesRequest>,
     ) -> Result<Response<ListClientCertificatesResponse>, Status> {
-        Err(later("ListClientCertificates"))
+        let peer = peer(&req)?;
+        let req = req.into_inner();
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
+            n => (n as u32).min(MAX_PAGE_SIZE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(records::decode_page_token(&req.page_token).ok_or_else(|| {
+                Status::invalid_argument("page_token is malformed; pass next_page_token from the previous reply unchanged")
+            })?)
+        };
+        let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
+        let now = unix_now();
+        let mut recs = self
+            .store
+            .list(ListQuery {
+                owner_uid: Some(peer.uid),
+                state: filter.state,
+                tags: filter.tags,
+                after,
+                limit: limit + 1,
+                now,
+            })
+            .await?;
+        let next_page_token = if recs.len() > limit as usize {
+            recs.truncate(limit as usize);
+            recs.last()
+                .map(|r| records::encode_page_token(r.create_time_us, &r.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let ca = self.issuer.ca();
+        Ok(Response::new(ListClientCertificatesResponse {
+            client_certificates: recs.iter().map(|r| records::to_reply(r, ca, now)).collect(),
+            next_page_token,
+        }))
     }
 
     async fn update_client_certificate(
         &self,
-        _: Request<UpdateClientCertificateRequest>,
+        req: Request<UpdateClientCertificateRequest>,
     ) -> Result<Response<ClientCertificate>, Status> {
-        Err(later("UpdateClientCertificate"))
+        let peer = peer(&req)?;
+        let req = req.into_inner();
+        let current = self.owned(peer, &req.certificate_id).await?;
+        if let Some(d) = &req.description {
+            check_description(d).map_err(Status::from)?;
+        }
+        // Validate the tags as they will be after the merge.
+        let mut merged: BTreeMap<String, String> = current.tags.clone();
+        for (k, v) in &req.tags {
+            if v.is_empty() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        let given: BTreeMap<String, String> = req
+            .tags
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        check_tags(&given).map_err(Status::from)?;
+        if merged.len() > crate::issue::MAX_TAGS {
+            return Err(Status::invalid_argument(format!(
+                "the certificate would have {} tags; at most {} are allowed",
+                merged.len(),
+                crate::issue::MAX_TAGS
+            )));
+        }
+        let rec = self
+            .store
+            .update_metadata(&req.certificate_id, req.description, req.tags)
+            .await?
+            .ok_or_else(|| not_found(&req.certificate_id))?;
+        Ok(Response::new(records::to_reply(
+            &rec,
+            self.issuer.ca(),
+            unix_now(),
+        )))
     }
 
     async fn delete_client_certificate(
         &self,
-        _: Request<DeleteClientCertificateRequest>,
+        req: Request<DeleteClientCertificateRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(later("DeleteClientCertificate"))
+        let peer = peer(&req)?;
+        let req = req.into_inner();
+        let reason = reason_code(&req.reason).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "reason {:?} is unknown; use one of: {}",
+                req.reason,
+                crate::crl::REASONS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let rec = self.owned(peer, &req.certificate_id).await?;
+        if rec.revoked.is_none() {
+            self.store
+                .revoke(
+                    &rec.id,
+                    Revocation {
+                        time: unix_now(),
+                        reason,
+                    },
+                )
+                .await?
+                .ok_or_else(|| not_found(&rec.id))?;
+            tracing::info!(uid = peer.uid, id = %rec.id, serial = %rec.serial, reason, "revoked certificate");
+            // The revocation is durable; the next CRL carries it even if
+            // this publication fails (it is retried in the background).
+            if let Err(e) = self.crl.publish().await {
+                tracing::warn!(error = %e, "CRL publication after a revocation failed");
+            }
+        }
+        Ok(Response::new(()))
     }
 
-    async fn get_crl(&self, _: Request<GetCrlRequest>) -> Result<Response<GetCrlResponse>, Status> {
-        Err(later("GetCrl"))
+    async fn get_crl(
+        &self,
+        req: Request<GetCrlRequest>,
+    ) -> Result<Response<GetCrlResponse>, Status> {
+        peer(&req)?;
+        let crl = self.crl.current().await.map_err(|e| {
+            tracing::error!(error = %e, "CRL unavailable");
+            Status::unavailable("the CRL cannot be produced right now; retry shortly")
+        })?;
+        Ok(Response::new(GetCrlResponse {
+            pem_crl: crl.pem.clone(),
+            this_update: Some(prost_types::Timestamp {
+                seconds: crl.this_update,
+                nanos: 0,
+            }),
+            next_update: Some(prost_types::Timestamp {
+                seconds: crl.next_update,
+                nanos: 0,
+            }),
+        }))
     }
 }

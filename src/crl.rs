@@ -1,0 +1,196 @@
+//! The certificate revocation list: a v2 CRL built in Rust and signed
+//! digest-only by the token, numbered monotonically across restarts, made
+//! anew after every revocation and again before its nextUpdate.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use der::{EncodePem, pem::LineEnding};
+use tokio::sync::{Mutex, RwLock};
+use x509_cert::{
+    builder::CrlBuilder,
+    crl::RevokedCert,
+    ext::{
+        ToExtension,
+        pkix::{CrlNumber, CrlReason},
+    },
+    serial_number::SerialNumber,
+    time::Time,
+};
+
+use crate::{
+    ca::CaChain,
+    issue::certificate::{BuildError, sign_with},
+    signing::DigestSigner,
+    store::{CrlRecord, RevokedEntry, Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot encode the CRL: {0}")]
+    Encoding(String),
+}
+
+impl From<der::Error> for CrlError {
+    fn from(e: der::Error) -> Self {
+        Self::Encoding(e.to_string())
+    }
+}
+
+/// RFC 5280 reason names as the API spells them, and their codes.
+pub const REASONS: &[(&str, i32)] = &[
+    ("unspecified", 0),
+    ("keyCompromise", 1),
+    ("caCompromise", 2),
+    ("affiliationChanged", 3),
+    ("superseded", 4),
+    ("cessationOfOperation", 5),
+    ("privilegeWithdrawn", 9),
+];
+
+/// The reason code for an API reason name ("" means unspecified).
+pub fn reason_code(name: &str) -> Option<i32> {
+    if name.is_empty() {
+        return Some(0);
+    }
+    REASONS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, c)| *c)
+}
+
+fn reason(code: i32) -> Option<CrlReason> {
+    Some(match code {
+        1 => CrlReason::KeyCompromise,
+        2 => CrlReason::CaCompromise,
+        3 => CrlReason::AffiliationChanged,
+        4 => CrlReason::Superseded,
+        5 => CrlReason::CessationOfOperation,
+        9 => CrlReason::PrivilegeWithdrawn,
+        // unspecified: RFC 5280 says the reasonCode SHOULD then be absent.
+        _ => return None,
+    })
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub struct CrlPublisher<S, St> {
+    signer: Arc<S>,
+    store: Arc<St>,
+    ca: Arc<CaChain>,
+    validity: Duration,
+    current: RwLock<Option<Arc<CrlRecord>>>,
+    /// One CRL is made at a time, so numbers never repeat or go backwards.
+    making: Mutex<()>,
+}
+
+impl<S: DigestSigner, St: Store> CrlPublisher<S, St> {
+    pub fn new(signer: Arc<S>, store: Arc<St>, ca: Arc<CaChain>, validity: Duration) -> Self {
+        Self {
+            signer,
+            store,
+            ca,
+            validity,
+            current: RwLock::new(None),
+            making: Mutex::new(()),
+        }
+    }
+
+    /// The CRL to hand out: the last one made, unless it has passed the
+    /// middle of its validity (then a new one is made first).
+    pub async fn current(&self) -> Result<Arc<CrlRecord>, CrlError> {
+        if let Some(c) = self.current.read().await.clone()
+            && !self.stale(&c)
+        {
+            return Ok(c);
+        }
+        if let Some(stored) = self.store.last_crl().await? {
+            let stored = Arc::new(stored);
+            if !self.stale(&stored) {
+                *self.current.write().await = Some(stored.clone());
+                return Ok(stored);
+            }
+        }
+        self.publish().await
+    }
+
+    fn stale(&self, c: &CrlRecord) -> bool {
+        let half = (c.next_update - c.this_update) / 2;
+        unix_now() >= c.this_update + half
+    }
+
+    /// Makes, signs and stores a new CRL from the store's revocations.
+    pub async fn publish(&self) -> Result<Arc<CrlRecord>, CrlError> {
+        let _one_at_a_time = self.making.lock().await;
+        let number = self.store.last_crl().await?.map_or(1, |c| c.number + 1);
+        let now = unix_now();
+        let this_update = UNIX_EPOCH + Duration::from_secs(now as u64);
+        let next_update = this_update + self.validity;
+        let revoked = self.store.revoked(now).await?;
+        let issuer_name = self.ca.issuing.tbs_certificate().subject().clone();
+        let entries = revoked
+            .iter()
+            .map(|e| entry(e, &issuer_name))
+            .collect::<Result<Vec<_>, CrlError>>()?;
+        let builder = CrlBuilder::new_with_this_update(
+            &self.ca.issuing,
+            CrlNumber::try_from(number as u64)?,
+            Time::try_from(this_update)?,
+        )?
+        .with_next_update(Some(Time::try_from(next_update)?))
+        .with_certificates(entries.into_iter());
+        let crl = sign_with(builder, self.signer.as_ref()).await?;
+        let record = CrlRecord {
+            number,
+            this_update: now,
+            next_update: now + self.validity.as_secs() as i64,
+            pem: crl.to_pem(LineEnding::LF)?,
+        };
+        self.store.save_crl(record.clone()).await?;
+        let record = Arc::new(record);
+        *self.current.write().await = Some(record.clone());
+        tracing::info!(number, revoked = revoked.len(), "published CRL");
+        Ok(record)
+    }
+
+    /// Keeps the CRL fresh: a new one at the middle of each one's validity.
+    pub async fn refresh_forever(self: Arc<Self>) {
+        loop {
+            let wait = match self.current().await {
+                Ok(c) => {
+                    let half = (c.next_update - c.this_update) / 2;
+                    (c.this_update + half - unix_now()).max(1) as u64
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not publish the CRL; retrying in 30 s");
+                    30
+                }
+            };
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+    }
+}
+
+fn entry(e: &RevokedEntry, issuer: &x509_cert::name::Name) -> Result<RevokedCert, CrlError> {
+    let serial =
+        hex::decode(&e.serial).map_err(|_| CrlError::Encoding(format!("serial {}", e.serial)))?;
+    let extensions = match reason(e.reason) {
+        Some(r) => Some(vec![r.to_extension(issuer, &[])?]),
+        None => None,
+    };
+    Ok(RevokedCert {
+        serial_number: SerialNumber::new(&serial)?,
+        revocation_date: Time::try_from(UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64))?,
+        crl_entry_extensions: extensions,
+    })
+}
