@@ -442,3 +442,84 @@ async fn kill_9_loses_no_certificate_that_was_handed_out() {
         assert!(serials.insert(got.serial_number), "serial repeated");
     }
 }
+
+/// Unmounts the test's small filesystem even when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_with_unavailable_and_the_daemon_recovers() {
+    let mut ca = Ca::new("p256");
+    // The store on a filesystem of its own, small enough to fill.
+    let state = ca.path("state");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(&state),
+    );
+    let _mounted = Mounted(state.clone());
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let mut client = ca.client().await;
+    let mut handed_out = vec![
+        client
+            .generate_client_certificate(req(&key, "before"))
+            .await
+            .unwrap()
+            .into_inner(),
+    ];
+
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let mut refused = None;
+    for i in 0..200 {
+        match client
+            .generate_client_certificate(req(&key, &format!("full-{i}")))
+            .await
+        {
+            Ok(r) => handed_out.push(r.into_inner()),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("issuance kept succeeding on a full disk");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("nothing was issued"),
+        "{}",
+        e.message()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..20 {
+        if let Ok(r) = client.generate_client_certificate(req(&key, "after")).await {
+            handed_out.push(r.into_inner());
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the daemon did not recover:\n{}", ca.log());
+    for c in &handed_out {
+        client
+            .get_client_certificate(GetClientCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{} handed out but not recorded: {e:?}", c.certificate_id));
+    }
+    ca.stop();
+}
