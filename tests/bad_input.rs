@@ -204,6 +204,43 @@ async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
             "description",
         ),
         (
+            "tag key of 129 characters",
+            with_key(&|r| {
+                r.tags.insert("k".repeat(129), "v".into());
+            }),
+            "1 to 128",
+        ),
+        (
+            "tag value of 257 characters",
+            with_key(&|r| {
+                r.tags.insert("k".into(), "v".repeat(257));
+            }),
+            "longer than 256",
+        ),
+        (
+            "tag value with a newline",
+            with_key(&|r| {
+                r.tags.insert("k".into(), "a\nb".into());
+            }),
+            "value contains '\\n'",
+        ),
+        (
+            "tag key with <",
+            with_key(&|r| {
+                r.tags.insert("a<b".into(), "v".into());
+            }),
+            "contains '<'",
+        ),
+        (
+            "51 tags",
+            with_key(&|r| {
+                for i in 0..51 {
+                    r.tags.insert(format!("k{i}"), "v".into());
+                }
+            }),
+            "51 tags",
+        ),
+        (
             "1 MiB request",
             with_key(&|r| r.description = "d".repeat(1024 * 1024)),
             "65536-byte limit",

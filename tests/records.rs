@@ -400,13 +400,17 @@ async fn kill_9_loses_no_certificate_that_was_handed_out() {
     let mut ca = Ca::started("p256");
     let key = KeyPair::new(ca.dir.path(), "p256");
     let client = ca.client().await;
+    // Issue continuously until 10,000 certificates were received, then kill.
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..8 {
         let r = req(&key, &format!("w{w}"));
         let client = client.clone();
+        let total = total.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
+                total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match client.clone().generate_client_certificate(r.clone()).await {
                     Ok(c) => got.push(c.into_inner()),
                     Err(_) => return got,
@@ -414,14 +418,18 @@ async fn kill_9_loses_no_certificate_that_was_handed_out() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while total.load(std::sync::atomic::Ordering::Relaxed) < 10_000 {
+        assert!(std::time::Instant::now() < deadline, "issuance too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ca.signal("KILL");
     let mut received = Vec::new();
     for t in tasks {
         received.extend(t.await.unwrap());
     }
     ca.stop_after_signal();
-    assert!(received.len() > 50, "only {} issued", received.len());
+    assert!(received.len() >= 9_990, "only {} issued", received.len());
     ca.start();
     let mut client = ca.client().await;
     let mut serials = HashSet::new();
@@ -522,4 +530,53 @@ async fn a_full_disk_fails_with_unavailable_and_the_daemon_recovers() {
             .unwrap_or_else(|e| panic!("{} handed out but not recorded: {e:?}", c.certificate_id));
     }
     ca.stop();
+}
+
+#[tokio::test]
+async fn cli_record_commands() {
+    let ca = Ca::started("p256");
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let cli = |args: &[&str]| {
+        let mut c = ca.hsmca();
+        c.args(args).arg("--socket").arg(ca.socket());
+        c
+    };
+    let public = key.public.display().to_string();
+    let out = run_ok(&mut cli(&[
+        "issue",
+        "--json",
+        "--cn",
+        "cli-rec",
+        "--tag",
+        "team=a",
+        "--public-key",
+        &public,
+    ]));
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = issued["certificate_id"].as_str().unwrap().to_string();
+    let got: serde_json::Value =
+        serde_json::from_slice(&run_ok(&mut cli(&["get", &id, "--json"])).stdout).unwrap();
+    assert_eq!(got["state"], "ACTIVE");
+    assert_eq!(got["tags"]["team"], "a");
+    run_ok(&mut cli(&["tag", &id, "env=prod", "--remove", "team"]));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&run_ok(&mut cli(&["list", "--tag", "env=prod", "--json"])).stdout)
+            .unwrap();
+    assert_eq!(listed["client_certificates"].as_array().unwrap().len(), 1);
+    let table = String::from_utf8(run_ok(&mut cli(&["list"])).stdout).unwrap();
+    assert!(table.contains(&id) && table.contains("ACTIVE"), "{table}");
+    run_ok(&mut cli(&["revoke", &id, "--reason", "superseded"]));
+    let text = String::from_utf8(run_ok(&mut cli(&["get", &id])).stdout).unwrap();
+    assert!(text.contains("REVOKED"), "{text}");
+    let crl = ca.path("cli.crl");
+    let crl_arg = crl.display().to_string();
+    run_ok(&mut cli(&["crl", "--out", &crl_arg]));
+    assert!(
+        std::fs::read_to_string(&crl)
+            .unwrap()
+            .starts_with("-----BEGIN X509 CRL-----")
+    );
+    let missing = run(&mut cli(&["get", "no-such-id"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
 }
