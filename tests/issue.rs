@@ -122,17 +122,7 @@ async fn rsa3072_pss_ca_issues() {
     let mut ca = ca;
     ca.start();
     let key = KeyPair::new(ca.dir.path(), "p256");
-    let r = ca
-        .client()
-        .await
-        .generate_client_certificate(GenerateClientCertificateRequest {
-            public_key: key.public_pem(),
-            common_name: "pss".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = ca.issue_cn(&key, "pss").await;
     check_reply(&ca, &r);
     assert!(x509_text(&ca, &r.pem_certificate).contains("rsassaPss"));
 }
@@ -245,17 +235,7 @@ async fn cli_issue_and_ca_commands() {
 async fn rsa4096_ca_issues() {
     let ca = Ca::started("rsa4096");
     let key = KeyPair::new(ca.dir.path(), "p384");
-    let r = ca
-        .client()
-        .await
-        .generate_client_certificate(GenerateClientCertificateRequest {
-            public_key: key.public_pem(),
-            common_name: "rsa4096".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = ca.issue_cn(&key, "rsa4096").await;
     check_reply(&ca, &r);
     assert!(x509_text(&ca, &r.ca_cert).contains("Public-Key: (4096 bit)"));
 }

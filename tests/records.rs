@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::HashSet, process::Command, time::Duration};
 
-use common::{Ca, KeyPair, SOFTHSM, run, run_ok};
+use common::{Ca, KeyPair, run, run_ok};
 use hsmca::proto::{
     ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest as Req,
     GetClientCertificateRequest, GetCrlRequest, ListClientCertificatesRequest,
@@ -50,14 +50,7 @@ async fn list_all(ca: &Ca, filter: &str, page_size: i32) -> Vec<ClientCertificat
 #[tokio::test]
 async fn request_id_replays_the_same_bytes_after_a_restart_without_signing() {
     let mut ca = Ca::new("p256");
-    let spy_log = ca.path("spy.log");
-    ca.env.push((
-        "HSMCA_TOKEN__MODULE".into(),
-        common::spy_module().display().to_string(),
-    ));
-    ca.env.push(("PKCS11SPY".into(), SOFTHSM.into()));
-    ca.env
-        .push(("PKCS11SPY_OUTPUT".into(), spy_log.display().to_string()));
+    let spy_log = ca.use_spy();
     ca.start();
     let key = KeyPair::new(ca.dir.path(), "p256");
     let id = "6f1c1b54-8e7a-4f7b-9a55-2f1f0c3a9d11";

@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 
 use common::{Ca, KeyPair, SOFTHSM, run, run_ok};
-use hsmca::proto::GenerateClientCertificateRequest;
 use sha2::{Digest, Sha256, Sha384};
 
 /// One logged call: its name, and for each `[in]` buffer its bytes.
@@ -72,28 +71,11 @@ fn parse_spy(log: &str) -> Vec<Call> {
 /// the spy's calls made while issuing plus the certificate's TBS DER.
 async fn spy_issue(key_type: &str, extra: &[(&str, &str)]) -> (Vec<Call>, Vec<u8>) {
     let mut ca = Ca::with_env(key_type, extra);
-    let spy_log = ca.path("spy.log");
-    ca.env.push((
-        "HSMCA_TOKEN__MODULE".into(),
-        common::spy_module().display().to_string(),
-    ));
-    ca.env.push(("PKCS11SPY".into(), SOFTHSM.into()));
-    ca.env
-        .push(("PKCS11SPY_OUTPUT".into(), spy_log.display().to_string()));
+    let spy_log = ca.use_spy();
     ca.start();
     let before = std::fs::read_to_string(&spy_log).unwrap().len();
     let key = KeyPair::new(ca.dir.path(), "p256");
-    let r = ca
-        .client()
-        .await
-        .generate_client_certificate(GenerateClientCertificateRequest {
-            public_key: key.public_pem(),
-            common_name: "spied".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = ca.issue_cn(&key, "spied").await;
     ca.stop();
     let log = std::fs::read_to_string(&spy_log).unwrap();
     let cert = hsmca::ca::parse_pem_certs(r.pem_certificate.as_bytes(), "reply").unwrap();

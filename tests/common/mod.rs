@@ -195,24 +195,36 @@ impl Ca {
 
     /// SIGTERM and wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon not running");
-        run_ok(
-            Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon ignored SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal("TERM");
+        self.stop_after_signal()
+    }
+
+    /// Routes the daemon's PKCS#11 calls through OpenSC's pkcs11-spy (takes
+    /// effect at the next start); returns the spy's log file.
+    pub fn use_spy(&mut self) -> PathBuf {
+        let log = self.path("spy.log");
+        self.env.push((
+            "HSMCA_TOKEN__MODULE".into(),
+            spy_module().display().to_string(),
+        ));
+        self.env.push(("PKCS11SPY".into(), SOFTHSM.into()));
+        self.env
+            .push(("PKCS11SPY_OUTPUT".into(), log.display().to_string()));
+        log
+    }
+
+    /// Issues a certificate for `key` with common name `cn`.
+    pub async fn issue_cn(&self, key: &KeyPair, cn: &str) -> hsmca::proto::ClientCertificate {
+        self.client()
+            .await
+            .generate_client_certificate(GenerateClientCertificateRequest {
+                public_key: key.public_pem(),
+                common_name: cn.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("issuing {cn}: {e:?}\n{}", self.log()))
+            .into_inner()
     }
 
     /// Waits for the exit after a signal was already sent.
