@@ -239,3 +239,22 @@ async fn rsa4096_ca_issues() {
     check_reply(&ca, &r);
     assert!(x509_text(&ca, &r.ca_cert).contains("Public-Key: (4096 bit)"));
 }
+
+#[tokio::test]
+async fn crl_distribution_point_when_configured() {
+    let mut ca = Ca::with_env(
+        "p256",
+        &[("HSMCA_CA__CRL_URL", "http://ca.example/hsmca.crl")],
+    );
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let r = ca.issue_cn(&key, "with-cdp").await;
+    check_reply(&ca, &r);
+    let text = x509_text(&ca, &r.pem_certificate);
+    assert!(text.contains("X509v3 CRL Distribution Points"), "{text}");
+    assert!(text.contains("URI:http://ca.example/hsmca.crl"), "{text}");
+    // Without the setting there is none.
+    let plain = Ca::started("p256");
+    let r = plain.issue_cn(&key, "without-cdp").await;
+    assert!(!x509_text(&plain, &r.pem_certificate).contains("CRL Distribution Points"));
+}
