@@ -7,7 +7,7 @@ use std::{
     time::SystemTime,
 };
 
-use der::{Decode, Encode, EncodePem, pem::LineEnding, referenced::OwnedToRef};
+use der::{Encode, EncodePem, pem::LineEnding, referenced::OwnedToRef};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::{
     Certificate,
@@ -209,10 +209,6 @@ pub fn parse_pem_certs(bytes: &[u8], what: &str) -> Result<Vec<Certificate>, CaE
         what: what.to_owned(),
         reason: e.to_string(),
     })
-}
-
-pub fn der_to_cert(der: &[u8]) -> Result<Certificate, der::Error> {
-    Certificate::from_der(der)
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a

@@ -14,7 +14,6 @@ use std::{
 
 use der::{EncodePem, pem::LineEnding};
 use spki::SubjectPublicKeyInfoOwned;
-use x509_cert::Certificate;
 
 use crate::{
     ca::CaChain,
@@ -59,7 +58,6 @@ fn invalid(msg: impl Into<String>) -> IssueError {
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub certificate_id: String,
-    pub certificate: Certificate,
     pub pem_certificate: String,
     pub serial_hex: String,
     pub subject: String,
@@ -208,7 +206,6 @@ impl<S: DigestSigner> Issuer<S> {
             .map_err(|e| BuildError::Encoding(e.to_string()))?;
         Ok(Issued {
             certificate_id: uuid::Uuid::new_v4().to_string(),
-            certificate: cert,
             pem_certificate,
             serial_hex,
             subject: subject.to_string(),

@@ -14,13 +14,13 @@ use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
-    issue::{Issued, Issuer, check_description, check_request_id, check_tags},
+    issue::{Issuer, check_description, check_request_id, check_tags},
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
         GetCaCertificatesRequest, GetCaCertificatesResponse, GetClientCertificateRequest,
         GetCrlRequest, GetCrlResponse, ListClientCertificatesRequest,
         ListClientCertificatesResponse, UpdateClientCertificateRequest,
-        certificate_authority_server::CertificateAuthority, client_certificate::State,
+        certificate_authority_server::CertificateAuthority,
     },
     signing::DigestSigner,
     store::{ListQuery, Record, Revocation, Store, StoreError},
@@ -116,10 +116,6 @@ impl<S, St> CaService<S, St> {
     }
 }
 
-fn ts(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
-}
-
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -128,30 +124,6 @@ fn unix(t: SystemTime) -> i64 {
 fn unix_us(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-fn reply(issued: &Issued, chain: &[String], root: &str) -> ClientCertificate {
-    let mut pem_certificate_chain = Vec::with_capacity(chain.len() + 1);
-    pem_certificate_chain.push(issued.pem_certificate.clone());
-    pem_certificate_chain.extend(chain.iter().cloned());
-    ClientCertificate {
-        certificate_id: issued.certificate_id.clone(),
-        pem_certificate: issued.pem_certificate.clone(),
-        pem_certificate_chain,
-        ca_cert: root.to_owned(),
-        serial_number: issued.serial_hex.clone(),
-        subject: issued.subject.clone(),
-        dns_names: issued.names.dns.clone(),
-        uri_sans: issued.names.uris.clone(),
-        ip_addresses: issued.names.ips.iter().map(|ip| ip.to_string()).collect(),
-        create_time: Some(ts(issued.create_time)),
-        not_before: Some(ts(issued.not_before)),
-        expire_time: Some(ts(issued.not_after)),
-        description: issued.description.clone(),
-        tags: issued.tags.clone(),
-        state: State::Active as i32,
-        request_id: issued.request_id.clone(),
-    }
 }
 
 impl From<StoreError> for Status {
@@ -224,18 +196,16 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         fingerprint: String,
     ) -> Result<ClientCertificate, Status> {
         let issued = self.issuer.issue(req).await?;
-        let ca = self.issuer.ca();
-        let reply = reply(&issued, &ca.chain_pem, &ca.root_pem);
-        let record = Record {
+        let mut record = Record {
             id: issued.certificate_id.clone(),
             serial: issued.serial_hex.clone(),
             owner_uid: peer.uid,
             owner_gid: peer.gid,
             owner_pid: peer.pid.map_or(-1, i64::from),
             subject: issued.subject.clone(),
-            dns_names: reply.dns_names.clone(),
-            uri_sans: reply.uri_sans.clone(),
-            ip_addresses: reply.ip_addresses.clone(),
+            dns_names: issued.names.dns.clone(),
+            uri_sans: issued.names.uris.clone(),
+            ip_addresses: issued.names.ips.iter().map(|ip| ip.to_string()).collect(),
             profile: issued.profile.name().to_owned(),
             not_before: unix(issued.not_before),
             expire_time: unix(issued.not_after),
@@ -246,8 +216,12 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
             tags: issued.tags.clone(),
             revoked: None,
             pem: issued.pem_certificate.clone(),
-            reply: reply.encode_to_vec(),
+            reply: Vec::new(),
         };
+        // The reply is the record as Get would show it, kept byte for byte
+        // for request_id replays.
+        let reply = records::to_reply(&record, self.issuer.ca(), unix_now());
+        record.reply = reply.encode_to_vec();
         match self.store.insert(record.clone()).await {
             Ok(()) => {}
             Err(StoreError::Duplicate) if !record.request_id.is_empty() => {
