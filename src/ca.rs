@@ -52,9 +52,9 @@ pub enum CaError {
     )]
     NoRoot(String),
     #[error(
-        "the CA certificate's public key is not the token's CA key (was the key regenerated without a new certificate?)"
+        "the CA certificate's public key is not the token's CA key (was the key regenerated without a new certificate?): certificate key SHA-256 {certificate}, token key SHA-256 {token}"
     )]
-    KeyMismatch,
+    KeyMismatch { certificate: String, token: String },
     #[error("cannot encode: {0}")]
     Encoding(String),
 }
@@ -164,7 +164,10 @@ impl CaChain {
         if same {
             Ok(())
         } else {
-            Err(CaError::KeyMismatch)
+            Err(CaError::KeyMismatch {
+                certificate: crate::token::pool::fingerprint(ours),
+                token: crate::token::pool::fingerprint(token_key),
+            })
         }
     }
 }

@@ -14,7 +14,12 @@ use crate::{
     issue::certificate,
     names,
     signing::SignatureScheme,
-    token::{KeySelector, Token, TokenError, keygen, pool::SignerPool},
+    token::{
+        KeySelector, Token, TokenError,
+        faults::FaultInjector,
+        keygen,
+        pool::{PoolOptions, RebuildPlan, SignerPool},
+    },
 };
 
 pub async fn init(args: InitArgs) -> CliResult {
@@ -48,7 +53,20 @@ pub async fn init(args: InitArgs) -> CliResult {
             }
             Err(e) => return Err(e.into()),
         };
-        let pool = SignerPool::start(token, &key, scheme, 1, 16)?;
+        let opts = PoolOptions {
+            scheme,
+            sessions: 1,
+            queue_depth: 16,
+            rebuild: RebuildPlan {
+                token_label: locator.token_label.clone(),
+                selector: sel,
+                key_type: kt,
+                pin,
+                spki: key.spki.clone(),
+            },
+            faults: Arc::new(FaultInjector::disabled()),
+        };
+        let pool = SignerPool::start(token, &key, opts)?;
         Ok((pool, key, created))
     })
     .await??;

@@ -14,7 +14,11 @@ use crate::{
     server::{self, ServeOptions, inflight::InFlight, service::CaService, socket::BoundSocket},
     signing::{DigestSigner, SignatureScheme},
     store::sql::SqlStore,
-    token::{CaKey, KeySelector, Token, pool::SignerPool},
+    token::{
+        CaKey, KeySelector, Token,
+        faults::FaultInjector,
+        pool::{PoolOptions, RebuildPlan, SignerPool},
+    },
 };
 
 /// Time given to written replies to leave the socket once the last request
@@ -44,10 +48,26 @@ pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<Signer
     let kt = cfg.ca.key_type;
     let scheme = SignatureScheme::for_ca(&cfg.ca);
     let queue = cfg.token.queue_depth;
+    // A test hook; without HSMCA_TEST_FAULTS it does nothing.
+    let faults = Arc::new(FaultInjector::from_env());
     let (pool, key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
-        let token = Token::open(&locator, &pin)?;
-        let key = token.find_ca_key(&KeySelector::from_locator(&locator), kt)?;
-        let pool = SignerPool::start(token, &key, scheme, sessions, queue)?;
+        let token = Token::open_with(&locator, &pin, faults.clone())?;
+        let selector = KeySelector::from_locator(&locator);
+        let key = token.find_ca_key(&selector, kt)?;
+        let opts = PoolOptions {
+            scheme,
+            sessions,
+            queue_depth: queue,
+            rebuild: RebuildPlan {
+                token_label: locator.token_label.clone(),
+                selector,
+                key_type: kt,
+                pin,
+                spki: key.spki.clone(),
+            },
+            faults,
+        };
+        let pool = SignerPool::start(token, &key, opts)?;
         Ok((pool, key))
     })
     .await??;
@@ -100,6 +120,7 @@ async fn serve_with(
 ) -> CliResult {
     ca.check_key(&key.spki)?;
     self_test(&pool, &ca).await?;
+    let token_state = pool.state();
     let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
     let issuer = Arc::new(Issuer::new(
         pool.clone(),
@@ -126,6 +147,7 @@ async fn serve_with(
     let opts = ServeOptions {
         max_request_bytes: cfg.server.max_request_bytes,
         in_flight: in_flight.clone(),
+        token_state: Some(token_state),
     };
     let mut server = tokio::spawn(server::run(service, listener, opts, async {
         let _ = stop_rx.await;

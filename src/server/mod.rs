@@ -3,6 +3,7 @@
 //! hand it their own.
 
 pub mod authority;
+pub mod health;
 pub mod inflight;
 pub mod records;
 pub mod service;
@@ -33,6 +34,8 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// Counts requests being served; shutdown waits on it.
     pub in_flight: inflight::InFlight,
+    /// The signer's token state; health follows it when given.
+    pub token_state: Option<tokio::sync::watch::Receiver<crate::token::pool::TokenState>>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -54,6 +57,14 @@ where
     health
         .set_serving::<CertificateAuthorityServer<service::CaService<S, St>>>()
         .await;
+    let follower = opts.token_state.map(|state| {
+        use tonic::server::NamedService;
+        tokio::spawn(health::follow_token(
+            health.clone(),
+            state,
+            vec![CertificateAuthorityServer::<service::CaService<S, St>>::NAME],
+        ))
+    });
     // v1 for current tools; v1alpha for grpcurl < 1.9 and Python's client.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -64,7 +75,7 @@ where
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let in_flight = opts.in_flight.clone();
-    Server::builder()
+    let served = Server::builder()
         .layer(tower::util::MapFutureLayer::new(move |fut| {
             let guard = in_flight.enter();
             async move {
@@ -81,7 +92,11 @@ where
         .add_service(reflection)
         .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .await;
+    if let Some(f) = follower {
+        f.abort();
+    }
+    served?;
     Ok(())
 }
 

@@ -33,6 +33,15 @@ fn token_status(e: TokenError) -> Status {
             "the signer's queue is full; retry in a moment",
         ),
         TokenError::Stopped => Status::unavailable("the daemon is shutting down; retry shortly"),
+        TokenError::Unavailable => {
+            Status::unavailable("the HSM is unavailable and being reconnected; retry shortly")
+        }
+        TokenError::Rejected { .. } => {
+            tracing::error!(error = %e, "the token refused to sign");
+            Status::internal(
+                "the HSM refused to sign this certificate; nothing was issued (see the daemon's log)",
+            )
+        }
         other => {
             tracing::error!(error = %other, "token signing failed");
             Status::unavailable("the HSM could not sign; retry shortly")

@@ -3,9 +3,13 @@
 //! find the CA key unambiguously. Signing happens in [`pool`], on threads that
 //! own their sessions; nothing here runs on the async runtime.
 
+pub mod faults;
 pub mod keygen;
 pub mod pool;
 pub mod pubkey;
+mod supervisor;
+
+use std::sync::Arc;
 
 use cryptoki::{
     context::{CInitializeArgs, CInitializeFlags, Pkcs11},
@@ -17,6 +21,7 @@ use cryptoki::{
 use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 
+use self::faults::{FaultInjector, Op};
 use crate::config::{KeyType, TokenLocator};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,16 @@ pub enum TokenError {
     Busy,
     #[error("the signer has stopped")]
     Stopped,
+    /// The token is being reconnected; requests fail fast meanwhile.
+    #[error("the HSM is unavailable; it is being reconnected")]
+    Unavailable,
+    /// The token refused this one operation (a request-level CKR_*).
+    #[error("the HSM refused {function}: {rv}")]
+    Rejected { function: String, rv: String },
+    #[error(
+        "the token's CA key changed while reconnecting: expected public key SHA-256 {expected}, found {found}"
+    )]
+    KeyChanged { expected: String, found: String },
     #[error("PKCS#11 {function} failed: {rv}")]
     Pkcs11 { function: String, rv: String },
     #[error("PKCS#11: {0}")]
@@ -61,22 +76,112 @@ impl TokenError {
             other => Self::Other(other.to_string()),
         }
     }
+}
 
-    /// True when the session (not the token) is broken: a fresh session and
-    /// a second attempt may succeed.
-    pub(crate) fn is_session_level(e: &CkError) -> bool {
+/// What a failed PKCS#11 call says about the state it leaves behind, which
+/// decides how the signer recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultClass {
+    /// This session (its handle, its view of the login, or the key handle
+    /// it holds) is broken: a fresh session, a login and a new key lookup
+    /// may succeed.
+    Session,
+    /// The token or the library is gone or confused: nothing works until a
+    /// full rebuild (finalize, initialize, open, login, find the key).
+    Token,
+    /// This operation was refused; the session is fine for the next one.
+    Request,
+}
+
+impl FaultClass {
+    pub fn of(e: &CkError) -> Self {
+        match e {
+            CkError::Pkcs11(rv, _) => match rv {
+                RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid
+                | RvError::UserNotLoggedIn
+                | RvError::OperationActive => Self::Session,
+                RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::DeviceMemory
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::CryptokiNotInitialized
+                | RvError::GeneralError
+                | RvError::SlotIdInvalid
+                | RvError::PinIncorrect
+                | RvError::PinLocked
+                | RvError::PinExpired => Self::Token,
+                _ => Self::Request,
+            },
+            // Errors raised by cryptoki itself (conversions, a missing
+            // function) say nothing about the token's state.
+            _ => Self::Request,
+        }
+    }
+
+    /// True when the token says the session handle itself no longer exists:
+    /// such a session must not be closed, since PKCS#11 modules (SoftHSM2
+    /// among them) hand a freed handle number to the next session opened,
+    /// which may already belong to another thread.
+    pub fn handle_is_dead(e: &CkError) -> bool {
         matches!(
             e,
-            CkError::Pkcs11(
-                RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::ObjectHandleInvalid
-                    | RvError::KeyHandleInvalid
-                    | RvError::UserNotLoggedIn,
-                _
-            )
+            CkError::Pkcs11(RvError::SessionHandleInvalid | RvError::SessionClosed, _)
         )
     }
+}
+
+/// Opens a session that is never closed implicitly: the owner closes it
+/// when it knows the handle is still its own (see
+/// [`FaultClass::handle_is_dead`]), and simply forgets it otherwise.
+pub(crate) fn open_session(
+    ctx: &Pkcs11,
+    slot: Slot,
+    rw: bool,
+    faults: &FaultInjector,
+) -> Result<Session, CkError> {
+    faults.check(Op::OpenSession)?;
+    if rw {
+        ctx.open_rw_session_no_drop(slot)
+    } else {
+        ctx.open_ro_session_no_drop(slot)
+    }
+}
+
+/// Logs the application in through `session`. Login is per application:
+/// if another session already did it, the token says so and that is fine.
+pub(crate) fn login(
+    session: &Session,
+    pin: &SecretString,
+    faults: &FaultInjector,
+) -> Result<(), CkError> {
+    faults.check(Op::Login)?;
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The private key with this CKA_ID, looked up again after the handle went
+/// stale. `None` unless exactly one matches: the full start-up checks run
+/// again in the rebuild, which reports what is wrong.
+pub(crate) fn find_private_by_id(
+    session: &Session,
+    id: &[u8],
+    faults: &FaultInjector,
+) -> Result<Option<ObjectHandle>, CkError> {
+    faults.check(Op::FindObjects)?;
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Id(id.to_vec()),
+    ])?;
+    Ok(match found.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    })
 }
 
 /// How the CA key is named in the token.
@@ -132,27 +237,54 @@ pub struct Token {
     ctx: Pkcs11,
     slot: Slot,
     login_session: Option<Session>,
+    faults: Arc<FaultInjector>,
 }
 
 impl Token {
     /// Loads the module, finds the token by label and logs in as user.
     pub fn open(locator: &TokenLocator, pin: &SecretString) -> Result<Self, TokenError> {
+        Self::open_with(locator, pin, Arc::new(FaultInjector::disabled()))
+    }
+
+    /// [`Token::open`] with the calls passing through `faults` (a test hook
+    /// that does nothing unless armed).
+    pub fn open_with(
+        locator: &TokenLocator,
+        pin: &SecretString,
+        faults: Arc<FaultInjector>,
+    ) -> Result<Self, TokenError> {
         let ctx = Pkcs11::new(&locator.module).map_err(|e| TokenError::Load {
             module: locator.module.display().to_string(),
             message: e.to_string(),
         })?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(TokenError::from_ck)?;
-        let slot = find_slot(&ctx, &locator.token_label)?;
-        let session = ctx.open_rw_session(slot).map_err(TokenError::from_ck)?;
-        match session.login(UserType::User, Some(pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Self::start(ctx, &locator.token_label, pin, faults)
+    }
+
+    /// Initialises an already loaded module, finds the token and logs in.
+    /// A library that is still initialised (a finalize that failed) is used
+    /// as it is.
+    pub(crate) fn start(
+        ctx: Pkcs11,
+        token_label: &str,
+        pin: &SecretString,
+        faults: Arc<FaultInjector>,
+    ) -> Result<Self, TokenError> {
+        faults.check(Op::Initialize).map_err(TokenError::from_ck)?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(TokenError::from_ck(e)),
+        }
+        let slot = find_slot(&ctx, token_label)?;
+        let session = open_session(&ctx, slot, true, &faults).map_err(TokenError::from_ck)?;
+        if let Err(e) = login(&session, pin, &faults) {
+            let _ = session.close();
+            return Err(TokenError::from_ck(e));
         }
         Ok(Self {
             ctx,
             slot,
             login_session: Some(session),
+            faults,
         })
     }
 
@@ -176,6 +308,9 @@ impl Token {
     /// and checks that it is the kind of key the config says.
     pub fn find_ca_key(&self, sel: &KeySelector, expected: KeyType) -> Result<CaKey, TokenError> {
         let session = self.session()?;
+        self.faults
+            .check(Op::FindObjects)
+            .map_err(TokenError::from_ck)?;
         let privs = session
             .find_objects(&sel.template(ObjectClass::PRIVATE_KEY))
             .map_err(TokenError::from_ck)?;
@@ -244,17 +379,24 @@ impl Token {
 
         // The public half must carry the same CKA_ID; SoftHSM2 (and others)
         // allow duplicates, so pairing by label alone could mix two keys.
-        let mut pub_template = vec![
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::Id(id.clone()),
-        ];
-        if let Some(l) = &sel.label {
-            pub_template.push(Attribute::Label(l.as_bytes().to_vec()));
-        }
-        let pubs = session
-            .find_objects(&pub_template)
+        // Every public key the configured name matches must be that one
+        // half: a same-named public key with another CKA_ID means two key
+        // pairs (or a mismatched pair) answer to this name.
+        let mut publics = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Id(id.clone()),
+            ])
             .map_err(TokenError::from_ck)?;
-        let public = match pubs.as_slice() {
+        for o in session
+            .find_objects(&sel.template(ObjectClass::PUBLIC_KEY))
+            .map_err(TokenError::from_ck)?
+        {
+            if !publics.contains(&o) {
+                publics.push(o);
+            }
+        }
+        let public = match publics.as_slice() {
             [] => {
                 return Err(unsuitable(&format!(
                     "no public key object with CKA_ID {} pairs with the private key",
@@ -263,11 +405,14 @@ impl Token {
             }
             [one] => *one,
             many => {
+                let mut all = vec![private];
+                all.extend_from_slice(many);
                 return Err(TokenError::AmbiguousKey(format!(
-                    "{} public keys carry CKA_ID {}: {}",
+                    "{} public keys match {sel} or carry the private key's CKA_ID {}: {}; \
+                     remove the extra objects or give token.key_id to choose one pair",
                     many.len(),
                     hex::encode(&id),
-                    describe_objects(session, many)
+                    describe_objects(session, &all)
                 )));
             }
         };
@@ -284,7 +429,7 @@ impl Token {
     pub fn close(mut self) {
         if let Some(s) = self.login_session.take() {
             let _ = s.logout();
-            drop(s);
+            let _ = s.close();
         }
         let _ = self.ctx.clone().finalize();
     }
@@ -311,24 +456,40 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
     }
 }
 
-/// "label=… id=…" for each object, for messages about ambiguous matches.
+/// "class label=… id=… handle=…" for each object, for messages about
+/// ambiguous matches (the handle tells apart objects whose label and id are
+/// the same).
 fn describe_objects(session: &Session, objects: &[ObjectHandle]) -> String {
     objects
         .iter()
         .map(|o| {
             let attrs = session
-                .get_attributes(*o, &[AttributeType::Label, AttributeType::Id])
+                .get_attributes(
+                    *o,
+                    &[
+                        AttributeType::Class,
+                        AttributeType::Label,
+                        AttributeType::Id,
+                    ],
+                )
                 .unwrap_or_default();
+            let mut class = String::from("object");
             let mut label = String::new();
             let mut id = String::new();
             for a in attrs {
                 match a {
+                    Attribute::Class(c) if c == ObjectClass::PRIVATE_KEY => {
+                        class = "private key".into()
+                    }
+                    Attribute::Class(c) if c == ObjectClass::PUBLIC_KEY => {
+                        class = "public key".into()
+                    }
                     Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
                     Attribute::Id(v) => id = hex::encode(v),
                     _ => {}
                 }
             }
-            format!("[label={label:?} id={id}]")
+            format!("[{class} label={label:?} id={id} handle={}]", o.handle())
         })
         .collect::<Vec<_>>()
         .join(", ")
