@@ -354,3 +354,61 @@ async fn issuance_survives_session_token_and_closed_session_faults() {
     );
     assert!(ca.stop().success());
 }
+
+/// One signing session, one request at a time, so each fault meets a known
+/// C_Sign: a request-level fault fails only its request (the session and
+/// health stay); a session-level fault that survives the fresh session and
+/// retry is treated as token-level: UNAVAILABLE, NOT_SERVING, a rebuild,
+/// then SERVING and issuing again.
+#[tokio::test]
+async fn request_faults_stay_local_and_persistent_session_faults_rebuild() {
+    let mut ca = Ca::with_env("p256", &[("HSMCA_TOKEN__SESSIONS", "1")]);
+    let control = ca.path("faults");
+    ca.env
+        .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256").public_pem();
+    let mut client = ca.client().await;
+    let mut issue = async |cn: &str| {
+        let mut req = tonic::Request::new(GenerateClientCertificateRequest {
+            public_key: key.clone(),
+            common_name: cn.into(),
+            ..Default::default()
+        });
+        req.set_timeout(DEADLINE);
+        tokio::time::timeout(DEADLINE, client.generate_client_certificate(req))
+            .await
+            .expect("the call hung")
+    };
+    issue("before").await.unwrap();
+
+    plan(&control, "# 1\nfault sign DATA_LEN_RANGE count=1\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = issue("refused").await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("HSM refused"), "{e:?}");
+    assert!(e.message().contains("nothing was issued"), "{e:?}");
+    assert_eq!(health(&ca, SERVICE).await, Some(ServingStatus::Serving));
+    issue("after-refusal").await.unwrap();
+    assert!(!ca.log().contains("token unavailable"), "{}", ca.log());
+
+    plan(&control, "# 2\nfault sign USER_NOT_LOGGED_IN count=2\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = issue("escalated").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = issue("after-rebuild").await {
+            assert!(r.into_inner().pem_certificate.contains("BEGIN CERTIFICATE"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery:\n{}", ca.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health(&ca, SERVICE).await, Some(ServingStatus::Serving));
+    let log = ca.log();
+    assert!(log.contains("token unavailable"), "{log}");
+    assert!(log.contains("token reconnected"), "{log}");
+    assert!(ca.is_running());
+    assert!(ca.stop().success());
+}

@@ -319,8 +319,13 @@ impl Token {
             [one] => *one,
             many => {
                 let found = describe_objects(session, many);
+                let advice = if sel.id.is_some() {
+                    "remove the extra keys: SoftHSM2 and other tokens do not keep CKA_ID unique"
+                } else {
+                    "give token.key_id to choose one"
+                };
                 return Err(TokenError::AmbiguousKey(format!(
-                    "{} private keys match {sel}: {found}; give token.key_id to choose one",
+                    "{} private keys match {sel}: {found}; {advice}",
                     many.len()
                 )));
             }
