@@ -292,11 +292,10 @@ impl Worker {
                 })
             }
             Err(Plain(f) | Escalate(f)) => {
-                if let Some(ws) = self.session.take() {
-                    // After a token-level fault the handle's fate is
-                    // unknown; the rebuild's C_Finalize closes it.
-                    drop(ws);
-                }
+                // After a token-level fault the handle's fate is unknown:
+                // forget it (never close it); the rebuild's C_Finalize
+                // closes every session.
+                self.session = None;
                 let e = f.into_error();
                 self.shared.token_fault(generation, &e);
                 Err(TokenError::Unavailable)

@@ -241,7 +241,8 @@ pub(crate) fn run(shared: Arc<Shared>, wake: flume::Receiver<Wake>) {
     }
 }
 
-/// Rebuilds until it works (true) or the pool stops (false).
+/// Rebuilds until it works (true) or the pool stops (false). A rejected
+/// PIN ends the retries (false once the pool stops): see below.
 fn recover(shared: &Shared, wake: &flume::Receiver<Wake>) -> bool {
     let mut backoff = BACKOFF_START;
     let mut attempt = 1u32;
@@ -257,6 +258,18 @@ fn recover(shared: &Shared, wake: &flume::Receiver<Wake>) -> bool {
                     }
                 }
                 return true;
+            }
+            Err(e @ (TokenError::PinIncorrect | TokenError::PinLocked)) => {
+                // The PIN worked at start-up, so it was changed or locked
+                // since: every further login would count against the
+                // token's retry limit. Stay unavailable instead.
+                tracing::error!(
+                    attempt,
+                    error = %e,
+                    "not reconnecting: retrying could lock the token's PIN; restart hsmca with the current PIN"
+                );
+                while let Ok(Wake::Fault) = wake.recv() {}
+                return false;
             }
             Err(e) => {
                 tracing::warn!(attempt, error = %e, retry_in = ?backoff, "token rebuild failed");
