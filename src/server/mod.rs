@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod inflight;
 pub mod records;
+pub mod requests;
 pub mod service;
 pub mod socket;
 pub mod status;
@@ -17,7 +18,10 @@ use tonic::transport::Server;
 
 use self::authority::AuthorityFix;
 use crate::{
-    proto::{FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer,
+        certificate_requests_server::CertificateRequestsServer,
+    },
     signing::DigestSigner,
 };
 
@@ -39,6 +43,7 @@ pub struct ServeOptions {
 /// requests finish, and returns.
 pub async fn run<S, St, F>(
     service: service::CaService<S, St>,
+    requests: requests::RequestsService<S, St>,
     listener: UnixListener,
     opts: ServeOptions,
     shutdown: F,
@@ -50,9 +55,13 @@ where
 {
     let limit = opts.max_request_bytes;
     let ca = CertificateAuthorityServer::new(service).max_decoding_message_size(limit);
+    let requests = CertificateRequestsServer::new(requests).max_decoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CertificateAuthorityServer<service::CaService<S, St>>>()
+        .await;
+    health
+        .set_serving::<CertificateRequestsServer<requests::RequestsService<S, St>>>()
         .await;
     // v1 for current tools; v1alpha for grpcurl < 1.9 and Python's client.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -77,6 +86,7 @@ where
             status::rewrite_oversize(resp, limit)
         }))
         .add_service(ca)
+        .add_service(requests)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
