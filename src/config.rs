@@ -52,6 +52,42 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     #[serde(default)]
     pub crl: CrlConfig,
+    #[serde(default)]
+    pub requests: RequestsConfig,
+}
+
+/// The `CertificateRequests` service: renewal and its background worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Share of a certificate's lifetime after which an auto_renew request
+    /// gets its next certificate.
+    pub renew_after: f64,
+    /// At most this many renewals per identical set of names within
+    /// `renewal_window`; further renewals wait.
+    pub renewal_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub renewal_window: Duration,
+    /// Certificates the background worker issues at once (first issues,
+    /// re-issues, renewals). Bounds how much of the token a wave of
+    /// renewals can take from interactive requests.
+    pub workers: usize,
+    /// Delay before retrying after a failure that can pass (token or store
+    /// unavailable).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        Self {
+            renew_after: 2.0 / 3.0,
+            renewal_limit: 5,
+            renewal_window: Duration::from_secs(3600),
+            workers: 4,
+            retry_after: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -514,6 +550,25 @@ impl Config {
         }
         if self.ca.validity < Duration::from_secs(24 * 3600) {
             return Err(invalid("ca.validity", "must be at least 24h"));
+        }
+        let r = &self.requests;
+        if !(r.renew_after > 0.0 && r.renew_after < 1.0) {
+            return Err(invalid(
+                "requests.renew_after",
+                "must be a share of the lifetime between 0 and 1, like 0.67",
+            ));
+        }
+        if r.renewal_limit == 0 {
+            return Err(invalid("requests.renewal_limit", "must be at least 1"));
+        }
+        if r.renewal_window.is_zero() {
+            return Err(invalid("requests.renewal_window", "must be positive"));
+        }
+        if !(1..=64).contains(&r.workers) {
+            return Err(invalid("requests.workers", "must be between 1 and 64"));
+        }
+        if r.retry_after < Duration::from_secs(1) {
+            return Err(invalid("requests.retry_after", "must be at least 1s"));
         }
         for (key, b) in [
             ("profiles.client", &self.profiles.client),

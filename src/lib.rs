@@ -1,17 +1,22 @@
 //! hsmca: a certificate authority daemon whose CA key never leaves a PKCS#11
 //! token. Modules follow a request: `server` (socket, gRPC) → `issue`
 //! (validation, certificate building) → `signing` (digest-only contract) →
-//! `token` (PKCS#11 sessions on their own threads).
+//! `token` (PKCS#11 sessions on their own threads) → `store` (durable
+//! records). `requests` keeps certificate requests issued and renewed in the
+//! background.
 
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod crl;
 pub mod issue;
+pub mod keyed_locks;
 pub mod names;
+pub mod peer;
 pub mod pin;
 pub mod pkcs11_uri;
 pub mod proto;
+pub mod requests;
 pub mod server;
 pub mod signing;
 pub mod store;

@@ -1,10 +1,11 @@
 //! The `hsmca` command line: `serve` and `init` run next to the token;
-//! `issue`, `ca`, `get`, `list`, `tag`, `revoke` and `crl` are clients of a
-//! running daemon's socket.
+//! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
+//! clients of a running daemon's socket.
 
 pub mod client;
 pub mod init;
 pub mod records;
+pub mod requests;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub enum Command {
     Revoke(records::RevokeArgs),
     /// Print the current CRL.
     Crl(records::CrlArgs),
+    /// Certificate requests: CSRs the daemon keeps issued and renewed.
+    #[command(subcommand)]
+    Request(requests::RequestCommand),
 }
 
 #[derive(Args, Debug)]
@@ -137,5 +141,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Tag(args) => records::tag(args).await,
         Command::Revoke(args) => records::revoke(args).await,
         Command::Crl(args) => records::crl(args).await,
+        Command::Request(cmd) => requests::run(cmd).await,
     }
 }

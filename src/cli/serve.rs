@@ -11,7 +11,11 @@ use crate::{
     config::{Config, LogFormat},
     crl::CrlPublisher,
     issue::Issuer,
-    server::{self, ServeOptions, inflight::InFlight, service::CaService, socket::BoundSocket},
+    requests::Requests,
+    server::{
+        self, ServeOptions, inflight::InFlight, requests::RequestsService, service::CaService,
+        socket::BoundSocket,
+    },
     signing::{DigestSigner, SignatureScheme},
     store::sql::SqlStore,
     token::{
@@ -136,6 +140,18 @@ async fn serve_with(
     ));
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
+    let requests = Arc::new(Requests::new(
+        issuer.clone(),
+        store.clone(),
+        crl.clone(),
+        cfg.requests.clone(),
+        cfg.state.request_id_retention,
+        cfg.ca.backdate,
+    ));
+    // Issues what is due, including renewals that fell due while stopped.
+    // Held in a JoinSet so that every way out of here stops it.
+    let mut worker = tokio::task::JoinSet::new();
+    worker.spawn(requests.clone().run_worker());
     let service = CaService::new(issuer, store, crl, cfg.state.request_id_retention);
     let bound = BoundSocket::bind(&cfg.server.socket, cfg.server.socket_mode_bits())?;
     let (listener, _socket_file) = bound.into_parts();
@@ -149,7 +165,8 @@ async fn serve_with(
         in_flight: in_flight.clone(),
         token_state: Some(token_state),
     };
-    let mut server = tokio::spawn(server::run(service, listener, opts, async {
+    let requests = RequestsService::new(requests);
+    let mut server = tokio::spawn(server::run(service, requests, listener, opts, async {
         let _ = stop_rx.await;
     }));
     tracing::info!(
@@ -189,5 +206,6 @@ async fn serve_with(
         }
     }
     refresher.abort();
+    worker.abort_all();
     Ok(())
 }

@@ -9,7 +9,7 @@ pub mod subject_key;
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use der::{EncodePem, pem::LineEnding};
@@ -19,8 +19,10 @@ use crate::{
     ca::CaChain,
     config::{ProfileBounds, ProfilesConfig},
     names::{NameError, Names},
+    peer::Peer,
     proto::GenerateClientCertificateRequest,
     signing::DigestSigner,
+    store::Record,
 };
 use certificate::{BuildError, LeafProfile, LeafSpec};
 use csr::CsrError;
@@ -71,6 +73,56 @@ pub struct Issued {
     pub request_id: String,
 }
 
+/// A request that passed every check, with the certificate decided but not
+/// yet signed.
+pub struct Checked {
+    pub spec: LeafSpec,
+    pub subject: String,
+    pub names: Names,
+    pub serial_hex: String,
+    pub create_time: SystemTime,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub request_id: String,
+}
+
+impl Issued {
+    /// The certificate's record, owned by `owner`. `fingerprint` tells a
+    /// request_id retry from a different request ("" without request_id).
+    pub fn to_record(&self, owner: &Peer, fingerprint: String) -> Record {
+        Record {
+            id: self.certificate_id.clone(),
+            serial: self.serial_hex.clone(),
+            owner_uid: owner.uid,
+            owner_gid: owner.gid,
+            owner_pid: owner.pid.map_or(-1, i64::from),
+            subject: self.subject.clone(),
+            dns_names: self.names.dns.clone(),
+            uri_sans: self.names.uris.clone(),
+            ip_addresses: self.names.ips.iter().map(|ip| ip.to_string()).collect(),
+            profile: self.profile.name().to_owned(),
+            not_before: unix_secs(self.not_before),
+            expire_time: unix_secs(self.not_after),
+            create_time_us: self
+                .create_time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+            request_id: self.request_id.clone(),
+            fingerprint,
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            revoked: None,
+            pem: self.pem_certificate.clone(),
+            reply: Vec::new(),
+        }
+    }
+}
+
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 pub struct Issuer<S> {
     signer: Arc<S>,
     ca: Arc<CaChain>,
@@ -98,6 +150,13 @@ impl<S: DigestSigner> Issuer<S> {
     }
 
     pub async fn issue(&self, req: GenerateClientCertificateRequest) -> Result<Issued, IssueError> {
+        let checked = self.check(req)?;
+        self.sign(checked).await
+    }
+
+    /// Validates `req` completely and decides every field of the
+    /// certificate, without signing anything.
+    pub fn check(&self, req: GenerateClientCertificateRequest) -> Result<Checked, IssueError> {
         let request_id = check_request_id(&req.request_id)?;
         let profile = LeafProfile::parse(&req.profile).ok_or_else(|| {
             invalid(format!(
@@ -194,6 +253,31 @@ impl<S: DigestSigner> Issuer<S> {
             not_before,
             not_after,
         };
+        Ok(Checked {
+            spec,
+            subject: subject.to_string(),
+            names,
+            serial_hex,
+            create_time: now,
+            description: req.description,
+            tags: req.tags,
+            request_id,
+        })
+    }
+
+    /// Builds and signs the certificate `check` decided on.
+    pub async fn sign(&self, checked: Checked) -> Result<Issued, IssueError> {
+        let Checked {
+            spec,
+            subject,
+            names,
+            serial_hex,
+            create_time,
+            description,
+            tags,
+            request_id,
+        } = checked;
+        let profile = spec.profile;
         let cert = certificate::build_leaf(self.signer.as_ref(), &self.ca.issuer, spec).await?;
         // The reply reports the certificate's own times (whole seconds).
         let validity = cert.tbs_certificate().validity();
@@ -208,14 +292,14 @@ impl<S: DigestSigner> Issuer<S> {
             certificate_id: uuid::Uuid::new_v4().to_string(),
             pem_certificate,
             serial_hex,
-            subject: subject.to_string(),
+            subject,
             names,
             profile,
-            create_time: now,
+            create_time,
             not_before,
             not_after,
-            description: req.description,
-            tags: req.tags,
+            description,
+            tags,
             request_id,
         })
     }

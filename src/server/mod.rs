@@ -6,6 +6,7 @@ pub mod authority;
 pub mod health;
 pub mod inflight;
 pub mod records;
+pub mod requests;
 pub mod service;
 pub mod socket;
 pub mod status;
@@ -18,7 +19,10 @@ use tonic::transport::Server;
 
 use self::authority::AuthorityFix;
 use crate::{
-    proto::{FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer,
+        certificate_requests_server::CertificateRequestsServer,
+    },
     signing::DigestSigner,
 };
 
@@ -42,6 +46,7 @@ pub struct ServeOptions {
 /// requests finish, and returns.
 pub async fn run<S, St, F>(
     service: service::CaService<S, St>,
+    requests: requests::RequestsService<S, St>,
     listener: UnixListener,
     opts: ServeOptions,
     shutdown: F,
@@ -53,16 +58,23 @@ where
 {
     let limit = opts.max_request_bytes;
     let ca = CertificateAuthorityServer::new(service).max_decoding_message_size(limit);
+    let requests = CertificateRequestsServer::new(requests).max_decoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CertificateAuthorityServer<service::CaService<S, St>>>()
+        .await;
+    health
+        .set_serving::<CertificateRequestsServer<requests::RequestsService<S, St>>>()
         .await;
     let follower = opts.token_state.map(|state| {
         use tonic::server::NamedService;
         tokio::spawn(health::follow_token(
             health.clone(),
             state,
-            vec![CertificateAuthorityServer::<service::CaService<S, St>>::NAME],
+            vec![
+                CertificateAuthorityServer::<service::CaService<S, St>>::NAME,
+                CertificateRequestsServer::<requests::RequestsService<S, St>>::NAME,
+            ],
         ))
     });
     // v1 for current tools; v1alpha for grpcurl < 1.9 and Python's client.
@@ -88,6 +100,7 @@ where
             status::rewrite_oversize(resp, limit)
         }))
         .add_service(ca)
+        .add_service(requests)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -81,24 +81,7 @@ pub struct Filter {
 /// spaces or `AND`; KEY and VALUE may be double-quoted (`\"`, `\\` escape).
 pub fn parse_filter(s: &str) -> Result<Filter, String> {
     let mut out = Filter::default();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let word = read_token(&mut chars, true)?;
-        if word == "AND" {
-            continue;
-        }
-        if chars.next() != Some('=') {
-            return Err(format!(
-                "filter term {word:?} needs =; use state=ACTIVE or tag:KEY=VALUE"
-            ));
-        }
-        let value = read_token(&mut chars, false)?;
+    for (word, value) in parse_terms(s, "state=ACTIVE or tag:KEY=VALUE")? {
         if word == "state" {
             if out.state.is_some() {
                 return Err("filter names state twice".into());
@@ -126,6 +109,31 @@ pub fn parse_filter(s: &str) -> Result<Filter, String> {
                 "filter term {word:?} is unknown; use state=… or tag:KEY=VALUE"
             ));
         }
+    }
+    Ok(out)
+}
+
+/// Splits a filter into `WORD=VALUE` terms separated by spaces or `AND`.
+/// `hint` shows a valid term in the error for a term without `=`.
+pub fn parse_terms(s: &str, hint: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let word = read_token(&mut chars, true)?;
+        if word == "AND" {
+            continue;
+        }
+        if chars.next() != Some('=') {
+            return Err(format!("filter term {word:?} needs =; use {hint}"));
+        }
+        let value = read_token(&mut chars, false)?;
+        out.push((word, value));
     }
 }
 

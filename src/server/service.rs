@@ -2,7 +2,7 @@
 //! the request to the issuer, and shapes the reply.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
 use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
     issue::{Issuer, check_description, check_request_id, check_tags},
+    keyed_locks::KeyedLocks,
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
         GetCaCertificatesRequest, GetCaCertificatesResponse, GetClientCertificateRequest,
@@ -25,15 +27,6 @@ use crate::{
     signing::DigestSigner,
     store::{ListQuery, Record, Revocation, Store, StoreError},
 };
-
-/// Who is calling, from the kernel (SO_PEERCRED), not from anything the
-/// client says.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-}
 
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
     req.extensions()
@@ -49,54 +42,14 @@ pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
         })
 }
 
-/// Serialises requests that share one (caller, request_id), so two
-/// concurrent retries produce one certificate.
-type RequestKey = (u32, String);
-
-#[derive(Default)]
-struct KeyedLocks {
-    locks: std::sync::Mutex<HashMap<RequestKey, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    async fn lock(&self, key: (u32, String)) -> KeyGuard<'_> {
-        let m = {
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(key.clone()).or_default().clone()
-        };
-        let guard = m.clone().lock_owned().await;
-        KeyGuard {
-            locks: self,
-            key,
-            _guard: guard,
-            lock: m,
-        }
-    }
-}
-
-struct KeyGuard<'a> {
-    locks: &'a KeyedLocks,
-    key: (u32, String),
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-    lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        let mut map = self.locks.locks.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours, the map's, and the guard's: nobody else is waiting.
-        if Arc::strong_count(&self.lock) <= 3 {
-            map.remove(&self.key);
-        }
-    }
-}
-
 pub struct CaService<S, St> {
     issuer: Arc<Issuer<S>>,
     store: Arc<St>,
     crl: Arc<CrlPublisher<S, St>>,
     retention: Duration,
-    locks: KeyedLocks,
+    /// Serialises requests that share one (caller, request_id), so two
+    /// concurrent retries produce one certificate.
+    locks: KeyedLocks<(u32, String)>,
 }
 
 impl<S, St> CaService<S, St> {
@@ -116,34 +69,9 @@ impl<S, St> CaService<S, St> {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn unix_us(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => {
-                tracing::error!(error = %m, "store unavailable");
-                Status::unavailable(
-                    "the certificate store cannot be written right now; nothing was issued or changed; retry shortly",
-                )
-            }
-            StoreError::Duplicate => {
-                Status::already_exists("a record with this key already exists")
-            }
-            StoreError::Corrupt(m) => {
-                tracing::error!(error = %m, "corrupt record");
-                Status::internal("a stored record could not be read; see the daemon's log")
-            }
-        }
-    }
 }
 
 fn not_found(id: &str) -> Status {
@@ -196,28 +124,7 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         fingerprint: String,
     ) -> Result<ClientCertificate, Status> {
         let issued = self.issuer.issue(req).await?;
-        let mut record = Record {
-            id: issued.certificate_id.clone(),
-            serial: issued.serial_hex.clone(),
-            owner_uid: peer.uid,
-            owner_gid: peer.gid,
-            owner_pid: peer.pid.map_or(-1, i64::from),
-            subject: issued.subject.clone(),
-            dns_names: issued.names.dns.clone(),
-            uri_sans: issued.names.uris.clone(),
-            ip_addresses: issued.names.ips.iter().map(|ip| ip.to_string()).collect(),
-            profile: issued.profile.name().to_owned(),
-            not_before: unix(issued.not_before),
-            expire_time: unix(issued.not_after),
-            create_time_us: unix_us(issued.create_time),
-            request_id: issued.request_id.clone(),
-            fingerprint,
-            description: issued.description.clone(),
-            tags: issued.tags.clone(),
-            revoked: None,
-            pem: issued.pem_certificate.clone(),
-            reply: Vec::new(),
-        };
+        let mut record = issued.to_record(&peer, fingerprint);
         // The reply is the record as Get would show it, kept byte for byte
         // for request_id replays.
         let reply = records::to_reply(&record, self.issuer.ca(), unix_now());

@@ -5,7 +5,9 @@ use tonic::{Code, Status};
 
 use crate::{
     issue::{IssueError, certificate::BuildError},
+    requests::RequestError,
     signing::SignError,
+    store::StoreError,
     token::TokenError,
 };
 
@@ -22,6 +24,39 @@ impl From<IssueError> for Status {
                 tracing::error!(error = %other, "certificate building failed");
                 Status::internal("the certificate could not be built; see the daemon's log")
             }
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                tracing::error!(error = %m, "store unavailable");
+                Status::unavailable(
+                    "the certificate store cannot be written right now; nothing was issued or changed; retry shortly",
+                )
+            }
+            StoreError::Duplicate => {
+                Status::already_exists("a record with this key already exists")
+            }
+            StoreError::Corrupt(m) => {
+                tracing::error!(error = %m, "corrupt record");
+                Status::internal("a stored record could not be read; see the daemon's log")
+            }
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Issue(i) => i.into(),
+            RequestError::Invalid(m) => Status::invalid_argument(m),
+            RequestError::NotFound(_) => Status::not_found(e.to_string()),
+            RequestError::AlreadyExists(m) => Status::already_exists(m),
+            RequestError::Precondition(m) => Status::failed_precondition(m),
+            RequestError::Store(s) => s.into(),
         }
     }
 }

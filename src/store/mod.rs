@@ -62,6 +62,57 @@ pub struct CrlRecord {
     pub pem: String,
 }
 
+/// A certificate request resource (the `CertificateRequests` service) as
+/// stored: the resource itself, encoded as it is reported, plus the columns
+/// the daemon searches by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub id: String,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// The Create call's request_id ("" if none) and the SHA-256 of its
+    /// body, to tell a retry from a different request.
+    pub request_id: String,
+    pub fingerprint: String,
+    /// SHA-256 over the CSR's public key and its set of names: no two live
+    /// requests share one.
+    pub dup_key: String,
+    /// The canonical set of names: renewals are rate-limited per set.
+    pub names_key: String,
+    /// `CertificateRequestStatus.State` as a number.
+    pub state: i32,
+    /// When the background worker next has work on this request (first
+    /// issue, re-issue, renewal or retry), Unix seconds; `None`: nothing.
+    pub due_at: Option<i64>,
+    pub create_time_us: i64,
+    /// The encoded `CertificateRequest`.
+    pub resource: Vec<u8>,
+}
+
+/// One state change of a certificate request, committed in one transaction
+/// with the certificate it issued and the certificates it revoked.
+#[derive(Debug, Clone)]
+pub struct RequestChange {
+    pub row: RequestRow,
+    /// A certificate issued for the request, recorded with it.
+    pub issued: Option<Record>,
+    /// Certificates (by serial) that leave the request and are revoked.
+    pub revoke: Vec<String>,
+    pub revocation: Option<Revocation>,
+    /// Counts towards the renewal rate of `row.names_key` at this time.
+    pub renewal_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestQuery {
+    /// Only this owner's requests; `None` lists everyone's (admins).
+    pub owner_uid: Option<u32>,
+    pub state: Option<i32>,
+    /// Keyset cursor: requests strictly older than (create_time_us, id).
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFilter {
     Active,
@@ -132,6 +183,61 @@ pub trait Store: Send + Sync + 'static {
         &self,
         now: i64,
     ) -> impl Future<Output = Result<Vec<RevokedEntry>, StoreError>> + Send;
+    /// Adds a new certificate request. `Duplicate` if a live request has the
+    /// same `dup_key`.
+    fn create_request(
+        &self,
+        row: RequestRow,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_request(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
+    fn request_by_dup_key(
+        &self,
+        dup_key: &str,
+    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
+    /// The request `owner_uid` created with `request_id` at or after `since_us`.
+    fn request_by_request_id(
+        &self,
+        owner_uid: u32,
+        request_id: &str,
+        since_us: i64,
+    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
+    /// Newest first.
+    fn list_requests(
+        &self,
+        q: RequestQuery,
+    ) -> impl Future<Output = Result<Vec<RequestRow>, StoreError>> + Send;
+    /// Requests whose `due_at` is at or before `now`, earliest first;
+    /// requests that have never been issued come before renewals.
+    fn due_requests(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<RequestRow>, StoreError>> + Send;
+    /// The earliest `due_at` of all requests.
+    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// Applies `change` atomically. `Duplicate` if the new `dup_key` is taken
+    /// by another request; `Ok(false)` if the request no longer exists.
+    fn commit_request(
+        &self,
+        change: RequestChange,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Removes the request and revokes `revoke` (serials) in one transaction.
+    /// `Ok(false)` if it did not exist.
+    fn delete_request(
+        &self,
+        id: &str,
+        revoke: Vec<String>,
+        revocation: Revocation,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Times of the renewals of `names_key` at or after `since`, oldest first.
+    fn renewals_since(
+        &self,
+        names_key: &str,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
     fn last_crl(&self) -> impl Future<Output = Result<Option<CrlRecord>, StoreError>> + Send;
     fn save_crl(&self, crl: CrlRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

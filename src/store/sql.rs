@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 
+mod requests;
+
 const MIGRATION_1: &str = "
 CREATE TABLE certificates (
     id TEXT PRIMARY KEY,
@@ -59,6 +61,34 @@ CREATE TABLE crl (
 );
 ";
 
+/// Certificate requests (the `CertificateRequests` service) and the
+/// renewal log their rate limit counts.
+const MIGRATION_2: &str = "
+CREATE TABLE certificate_requests (
+    id TEXT PRIMARY KEY,
+    owner_uid BIGINT NOT NULL,
+    owner_gid BIGINT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    dup_key TEXT NOT NULL,
+    names_key TEXT NOT NULL,
+    state BIGINT NOT NULL,
+    due_at BIGINT,
+    create_time BIGINT NOT NULL,
+    resource TEXT NOT NULL
+);
+CREATE UNIQUE INDEX certificate_requests_dup ON certificate_requests (dup_key);
+CREATE INDEX certificate_requests_request ON certificate_requests (owner_uid, request_id) WHERE request_id <> '';
+CREATE INDEX certificate_requests_owner_order ON certificate_requests (owner_uid, create_time, id);
+CREATE INDEX certificate_requests_order ON certificate_requests (create_time, id);
+CREATE INDEX certificate_requests_due ON certificate_requests (due_at) WHERE due_at IS NOT NULL;
+CREATE TABLE renewals (
+    names_key TEXT NOT NULL,
+    time BIGINT NOT NULL
+);
+CREATE INDEX renewals_names ON renewals (names_key, time);
+";
+
 const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns_names, uri_sans, \
     ip_addresses, profile, not_before, expire_time, create_time, request_id, fingerprint, \
     description, tags, revoke_time, revoke_reason, pem, reply";
@@ -80,7 +110,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn map_err(e: sqlx::Error) -> StoreError {
+pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     if let Some(db) = e.as_database_error()
         && db.is_unique_violation()
     {
@@ -125,13 +155,22 @@ impl SqlStore {
             .connect_with(opts)
             .await
             .map_err(unavailable)?;
-        let migrator = Migrator::with_migrations(vec![Migration::new(
-            1,
-            "certificates, tags and CRL".into(),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(MIGRATION_1),
-            false,
-        )]);
+        let migrator = Migrator::with_migrations(vec![
+            Migration::new(
+                1,
+                "certificates, tags and CRL".into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(MIGRATION_1),
+                false,
+            ),
+            Migration::new(
+                2,
+                "certificate requests and renewals".into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(MIGRATION_2),
+                false,
+            ),
+        ]);
         migrator.run(&pool).await.map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(writer(pool.clone(), rx));
@@ -171,48 +210,57 @@ async fn insert_batch<'a>(
 ) -> Result<(), StoreError> {
     let mut tx: Transaction<'_, Any> = pool.begin().await.map_err(map_err)?;
     for r in records {
-        sqlx::query(
-            "INSERT INTO certificates (id, serial, owner_uid, owner_gid, owner_pid, subject, \
-             dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, create_time, \
-             request_id, fingerprint, description, tags, revoke_time, revoke_reason, pem, reply) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             NULL, NULL, $18, $19)",
-        )
-        .bind(&r.id)
-        .bind(&r.serial)
-        .bind(i64::from(r.owner_uid))
-        .bind(i64::from(r.owner_gid))
-        .bind(r.owner_pid)
-        .bind(&r.subject)
-        .bind(json(&r.dns_names))
-        .bind(json(&r.uri_sans))
-        .bind(json(&r.ip_addresses))
-        .bind(&r.profile)
-        .bind(r.not_before)
-        .bind(r.expire_time)
-        .bind(r.create_time_us)
-        .bind(&r.request_id)
-        .bind(&r.fingerprint)
-        .bind(&r.description)
-        .bind(json(&r.tags))
-        .bind(&r.pem)
-        .bind(base64::engine::general_purpose::STANDARD.encode(&r.reply))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        for (k, v) in &r.tags {
-            sqlx::query(
-                "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
-            )
-            .bind(&r.id)
-            .bind(k)
-            .bind(v)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
+        insert_record(&mut tx, r).await?;
     }
     tx.commit().await.map_err(map_err)
+}
+
+/// Inserts one certificate record inside `tx`.
+pub(super) async fn insert_record(
+    tx: &mut Transaction<'_, Any>,
+    r: &Record,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (id, serial, owner_uid, owner_gid, owner_pid, subject, \
+         dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, create_time, \
+         request_id, fingerprint, description, tags, revoke_time, revoke_reason, pem, reply) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         NULL, NULL, $18, $19)",
+    )
+    .bind(&r.id)
+    .bind(&r.serial)
+    .bind(i64::from(r.owner_uid))
+    .bind(i64::from(r.owner_gid))
+    .bind(r.owner_pid)
+    .bind(&r.subject)
+    .bind(json(&r.dns_names))
+    .bind(json(&r.uri_sans))
+    .bind(json(&r.ip_addresses))
+    .bind(&r.profile)
+    .bind(r.not_before)
+    .bind(r.expire_time)
+    .bind(r.create_time_us)
+    .bind(&r.request_id)
+    .bind(&r.fingerprint)
+    .bind(&r.description)
+    .bind(json(&r.tags))
+    .bind(&r.pem)
+    .bind(base64::engine::general_purpose::STANDARD.encode(&r.reply))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    for (k, v) in &r.tags {
+        sqlx::query(
+            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.id)
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -466,6 +514,56 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_request(&self, row: RequestRow) -> Result<(), StoreError> {
+        requests::create(&self.pool, &row).await
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        requests::get_by(&self.pool, "id = $1", &[id]).await
+    }
+
+    async fn request_by_dup_key(&self, dup_key: &str) -> Result<Option<RequestRow>, StoreError> {
+        requests::get_by(&self.pool, "dup_key = $1", &[dup_key]).await
+    }
+
+    async fn request_by_request_id(
+        &self,
+        owner_uid: u32,
+        request_id: &str,
+        since_us: i64,
+    ) -> Result<Option<RequestRow>, StoreError> {
+        requests::by_request_id(&self.pool, owner_uid, request_id, since_us).await
+    }
+
+    async fn list_requests(&self, q: RequestQuery) -> Result<Vec<RequestRow>, StoreError> {
+        requests::list(&self.pool, &q).await
+    }
+
+    async fn due_requests(&self, now: i64, limit: u32) -> Result<Vec<RequestRow>, StoreError> {
+        requests::due(&self.pool, now, limit).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        requests::next_due(&self.pool).await
+    }
+
+    async fn commit_request(&self, change: RequestChange) -> Result<bool, StoreError> {
+        requests::commit(&self.pool, &change).await
+    }
+
+    async fn delete_request(
+        &self,
+        id: &str,
+        revoke: Vec<String>,
+        revocation: Revocation,
+    ) -> Result<bool, StoreError> {
+        requests::delete(&self.pool, id, &revoke, revocation).await
+    }
+
+    async fn renewals_since(&self, names_key: &str, since: i64) -> Result<Vec<i64>, StoreError> {
+        requests::renewals_since(&self.pool, names_key, since).await
     }
 
     async fn last_crl(&self) -> Result<Option<CrlRecord>, StoreError> {
