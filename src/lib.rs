@@ -20,5 +20,6 @@ pub mod requests;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod verify;
