@@ -97,6 +97,40 @@ fn units_verify_clean_and_exposure_is_low() {
     );
 }
 
+#[test]
+fn sysusers_and_tmpfiles_entries_apply() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    run_ok(
+        Command::new("systemd-sysusers")
+            .arg(format!("--root={}", root.path().display()))
+            .arg(common::repo().join("systemd/hsmca.sysusers")),
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("hsmca:"))
+        .unwrap_or_else(|| panic!("no hsmca user:\n{passwd}"));
+    assert!(
+        user.ends_with(":/var/lib/hsmca:/usr/sbin/nologin"),
+        "{user}"
+    );
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    assert!(group.lines().any(|l| l.starts_with("hsmca:")), "{group}");
+    let uid: u32 = user.split(':').nth(2).unwrap().parse().unwrap();
+    run_ok(
+        Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.path().display()))
+            .arg("--create")
+            .arg(common::repo().join("systemd/hsmca.tmpfiles")),
+    );
+    for (dir, mode, owner) in [("etc/hsmca", 0o750, 0), ("run/hsmca", 0o750, uid)] {
+        let meta = std::fs::metadata(root.path().join(dir)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{dir}");
+        assert_eq!(meta.uid(), owner, "{dir}");
+    }
+}
+
 /// Datagrams received on a NOTIFY_SOCKET the test binds, with their time.
 struct Notifications {
     path: PathBuf,
