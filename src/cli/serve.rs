@@ -145,12 +145,12 @@ pub async fn serve(config_path: &Path) -> CliResult {
     // Before any thread that may read the environment from C (the PKCS#11
     // module): this removes LISTEN_FDS/LISTEN_PID.
     let activated = socket::take_activated()?;
-    let socket_path = match &activated {
-        Some(Activated { path: Some(p), .. }) => p.clone(),
-        _ => cfg.server.socket.clone(),
-    };
-    if activated.is_none() || activated.as_ref().is_some_and(|a| a.path.is_some()) {
-        socket::check_socket_dir(&socket_path)?;
+    // Refused before the token is touched. An abstract socket passed by
+    // systemd has no directory to check.
+    match &activated {
+        None => socket::check_socket_dir(&cfg.server.socket)?,
+        Some(Activated { path: Some(p), .. }) => socket::check_socket_dir(p)?,
+        Some(_) => {}
     }
     let mut ca = CaChain::load(&cfg.ca)?;
     ca.issuer.crl_url = cfg.ca.crl_url.clone();
