@@ -2,6 +2,7 @@
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
 //! clients of a running daemon's socket.
 
+pub mod audit;
 pub mod client;
 pub mod init;
 pub mod records;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Certificate requests: CSRs the daemon keeps issued and renewed.
     #[command(subcommand)]
     Request(requests::RequestCommand),
+    /// The audit log: every signature and every refusal, hash-chained.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Args, Debug)]
@@ -142,5 +146,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Revoke(args) => records::revoke(args).await,
         Command::Crl(args) => records::crl(args).await,
         Command::Request(cmd) => requests::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     config::{Config, LogFormat},
     crl::CrlPublisher,
     issue::Issuer,
+    policy::{Authorizer, Policy},
     requests::Requests,
     server::{
         self, ServeOptions,
@@ -35,19 +36,83 @@ use crate::{
 /// has been answered.
 const FLUSH: Duration = Duration::from_millis(200);
 
+/// Sets a new log filter on the running subscriber (SIGHUP).
+type SetFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
 pub fn init_logging(cfg: &Config) -> CliResult {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .map_err(|e| format!("config key log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match cfg.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
     // A second init (tests running several commands in one process) is harmless.
-    let _ = result;
+    match cfg.log.format {
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
     Ok(())
+}
+
+/// SIGHUP: read the config again and apply its policy and log level. An
+/// invalid config is refused with the reason logged, and the running one
+/// stays; connections and requests in flight are not touched (a request
+/// already past its policy check finishes under the policy that granted it).
+async fn reload_on_hup(path: std::path::PathBuf, auth: Arc<Authorizer>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let loaded = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                let policy = Policy::compile(&cfg.policy).map_err(|e| e.to_string())?;
+                let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+                    .map_err(|e| format!("config key log.level: {e}"))?;
+                Ok((cfg, policy, filter))
+            });
+        match loaded {
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the new configuration is invalid; keeping the running one"
+            ),
+            Ok((cfg, policy, filter)) => {
+                auth.replace(policy);
+                if let Some(set) = SET_FILTER.get()
+                    && let Err(e) = set(filter)
+                {
+                    tracing::warn!(error = %e, "SIGHUP: could not change the log level");
+                }
+                tracing::info!(
+                    rules = cfg.policy.rules.len(),
+                    log_level = %cfg.log.level,
+                    "SIGHUP: reloaded the policy and the log level (other settings need a restart)"
+                );
+            }
+        }
+    }
 }
 
 /// Opens the token, logs in, finds the existing CA key and starts the
@@ -157,7 +222,7 @@ pub async fn serve(config_path: &Path) -> CliResult {
     let ca = Arc::new(ca);
     sd::status("logging in to the token");
     let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
-    let result = serve_with(&cfg, ca, pool.clone(), &key, activated).await;
+    let result = serve_with(&cfg, config_path, ca, pool.clone(), &key, activated).await;
     let stopper = pool.clone();
     tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     if result.is_ok() {
@@ -168,6 +233,7 @@ pub async fn serve(config_path: &Path) -> CliResult {
 
 async fn serve_with(
     cfg: &Config,
+    config_path: &Path,
     ca: Arc<CaChain>,
     pool: Arc<SignerPool>,
     key: &CaKey,
@@ -180,12 +246,15 @@ async fn serve_with(
     sd::status("opening the store");
     let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
     let probe_pool = pool.clone();
-    let issuer = Arc::new(Issuer::new(
-        pool.clone(),
-        ca.clone(),
-        cfg.profiles.clone(),
-        cfg.ca.backdate,
-    ));
+    let issuer = Arc::new(
+        Issuer::new(
+            pool.clone(),
+            ca.clone(),
+            cfg.profiles.clone(),
+            cfg.ca.backdate,
+        )
+        .with_key_label(key.label.clone()),
+    );
     let crl = Arc::new(CrlPublisher::new(
         pool,
         store.clone(),
@@ -194,7 +263,11 @@ async fn serve_with(
     ));
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
+    let auth = Arc::new(Authorizer::new(Policy::compile(&cfg.policy)?));
+    let mut reloader = tokio::task::JoinSet::new();
+    reloader.spawn(reload_on_hup(config_path.to_owned(), auth.clone()));
     let requests = Arc::new(Requests::new(
+        auth.clone(),
         issuer.clone(),
         store.clone(),
         crl.clone(),
@@ -206,7 +279,13 @@ async fn serve_with(
     // Held in a JoinSet so that every way out of here stops it.
     let mut worker = tokio::task::JoinSet::new();
     worker.spawn(requests.clone().run_worker());
-    let service = CaService::new(issuer, store, crl, cfg.state.request_id_retention);
+    let service = CaService::new(
+        issuer,
+        store,
+        crl,
+        cfg.state.request_id_retention,
+        auth.clone(),
+    );
     // A socket systemd passed is served as it is and never removed: it
     // belongs to hsmca.socket. One we bind is removed at exit.
     let (listener, _socket_file, socket_path) = match activated {

@@ -73,10 +73,26 @@ impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsServi
         req: Request<CreateCertificateRequestRequest>,
     ) -> Result<Response<CertificateRequest>, Status> {
         let peer = peer(&req)?;
+        let profile = req
+            .get_ref()
+            .spec
+            .as_ref()
+            .map(|s| s.profile.clone())
+            .unwrap_or_default();
         match self.requests.create(peer, req.into_inner()).await {
             Ok(r) => Ok(Response::new(r)),
             Err(e) => {
                 let status = Status::from(e);
+                let who = self.requests.identify(&peer);
+                super::service::audit_refusal(
+                    self.requests.store(),
+                    &who,
+                    "CreateCertificateRequest",
+                    &profile,
+                    Vec::new(),
+                    &status,
+                )
+                .await;
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
                     code = ?status.code(),

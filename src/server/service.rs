@@ -17,6 +17,7 @@ use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
     issue::{Issuer, check_description, check_request_id, check_tags},
     keyed_locks::KeyedLocks,
+    policy::{Authorizer, over_quota},
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
         GetCaCertificatesRequest, GetCaCertificatesResponse, GetClientCertificateRequest,
@@ -47,6 +48,7 @@ pub struct CaService<S, St> {
     store: Arc<St>,
     crl: Arc<CrlPublisher<S, St>>,
     retention: Duration,
+    auth: Arc<Authorizer>,
     /// Serialises requests that share one (caller, request_id), so two
     /// concurrent retries produce one certificate.
     locks: KeyedLocks<(u32, String)>,
@@ -58,12 +60,14 @@ impl<S, St> CaService<S, St> {
         store: Arc<St>,
         crl: Arc<CrlPublisher<S, St>>,
         retention: Duration,
+        auth: Arc<Authorizer>,
     ) -> Self {
         Self {
             issuer,
             store,
             crl,
             retention,
+            auth,
             locks: KeyedLocks::default(),
         }
     }
@@ -74,18 +78,61 @@ fn unix_us(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// The names a one-shot request asks for, as given (a CSR's are inside it).
+fn request_names(req: &GenerateClientCertificateRequest) -> Vec<String> {
+    let mut names = Vec::new();
+    if !req.common_name.is_empty() {
+        names.push(format!("CN:{}", req.common_name));
+    }
+    names.extend(req.dns_names.iter().map(|n| format!("DNS:{n}")));
+    names.extend(req.uri_sans.iter().map(|n| format!("URI:{n}")));
+    names.extend(req.ip_addresses.iter().map(|n| format!("IP:{n}")));
+    names.truncate(100);
+    names
+}
+
+/// Records a refused request in the audit log (best effort: a refusal is
+/// never turned into a different error by a store that is down).
+pub async fn audit_refusal<St: Store>(
+    store: &St,
+    who: &crate::policy::identity::Identity,
+    operation: &str,
+    profile: &str,
+    names: Vec<String>,
+    status: &Status,
+) {
+    let mut e = crate::audit::AuditEntry::by(Some(who), operation);
+    e.profile = profile.chars().take(64).collect();
+    e.names = names
+        .into_iter()
+        .map(|n| n.chars().take(300).collect())
+        .collect();
+    let message: String = status.message().chars().take(500).collect();
+    e.outcome = format!(
+        "refused: {}: {message}",
+        crate::cli::client::code_name(status.code())
+    );
+    if let Err(err) = store.audit(e).await {
+        tracing::warn!(error = %err, "could not record a refusal in the audit log");
+    }
+}
+
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("no certificate {id:?}"))
 }
 
 impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
-    /// The caller's record `id`; another caller's record is NOT_FOUND too,
-    /// so ids cannot be probed.
+    /// The caller's record `id` (an administrator's: anyone's); another
+    /// caller's record is NOT_FOUND too, so ids cannot be probed.
     async fn owned(&self, peer: Peer, id: &str) -> Result<Record, Status> {
         match self.store.get(id).await? {
-            Some(rec) if rec.owner_uid == peer.uid => Ok(rec),
+            Some(rec) if rec.owner_uid == peer.uid || self.is_admin(peer) => Ok(rec),
             _ => Err(not_found(id)),
         }
+    }
+
+    fn is_admin(&self, peer: Peer) -> bool {
+        self.auth.current().is_admin(&self.auth.identify(&peer))
     }
 
     async fn generate(
@@ -93,6 +140,8 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         peer: Peer,
         req: GenerateClientCertificateRequest,
     ) -> Result<ClientCertificate, Status> {
+        let who = self.auth.identify(&peer);
+        self.auth.current().require_known(&who)?;
         let request_id = check_request_id(&req.request_id).map_err(Status::from)?;
         if request_id.is_empty() {
             return self.issue_and_record(peer, req, String::new()).await;
@@ -123,19 +172,36 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         req: GenerateClientCertificateRequest,
         fingerprint: String,
     ) -> Result<ClientCertificate, Status> {
-        let issued = self.issuer.issue(req).await?;
+        let who = self.auth.identify(&peer);
+        let policy = self.auth.current();
+        let (checked, grant) = self.issuer.check_authorized(req, &policy, &who)?;
+        policy.check_rate(&grant, &who)?;
+        let _reserved = self.auth.reserve(peer.uid);
+        if grant.max_live.is_some() {
+            let live =
+                self.store.count_live(peer.uid, unix_now()).await? + self.auth.in_flight(peer.uid);
+            if let Some(e) = over_quota(&who, &grant, live) {
+                return Err(e.into());
+            }
+        }
+        let issued = self.issuer.sign(checked).await?;
+        let audit = issued.audit_entry(Some(&who), "GenerateClientCertificate");
         let mut record = issued.to_record(&peer, fingerprint);
         // The reply is the record as Get would show it, kept byte for byte
         // for request_id replays.
         let reply = records::to_reply(&record, self.issuer.ca(), unix_now());
         record.reply = reply.encode_to_vec();
-        match self.store.insert(record.clone()).await {
+        match self
+            .store
+            .insert_audited(record.clone(), Some(audit.clone()))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Duplicate) if !record.request_id.is_empty() => {
                 // An expired request_id still holds the index: free it, once.
                 let cutoff = unix_us(SystemTime::now() - self.retention);
                 self.store.expire_request_ids(cutoff).await?;
-                self.store.insert(record).await?;
+                self.store.insert_audited(record, Some(audit)).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -160,9 +226,20 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let peer = peer(&req)?;
         let req = req.into_inner();
         let profile = req.profile.clone();
+        let names = request_names(&req);
         match self.generate(peer, req).await {
             Ok(r) => Ok(Response::new(r)),
             Err(status) => {
+                let who = self.auth.identify(&peer);
+                audit_refusal(
+                    self.store.as_ref(),
+                    &who,
+                    "GenerateClientCertificate",
+                    &profile,
+                    names,
+                    &status,
+                )
+                .await;
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
                     profile = %profile,
@@ -220,10 +297,11 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         };
         let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let now = unix_now();
+        let owner_uid = (!self.is_admin(peer)).then_some(peer.uid);
         let mut recs = self
             .store
             .list(ListQuery {
-                owner_uid: Some(peer.uid),
+                owner_uid,
                 state: filter.state,
                 tags: filter.tags,
                 after,
