@@ -6,6 +6,7 @@
 //! background.
 
 pub mod audit;
+pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,7 @@
 //! The `hsmca` command line: `serve` and `init` run next to the token;
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
-//! clients of a running daemon's socket.
+//! clients of a running daemon's socket; `bench` sets up its own token and
+//! daemon and measures them.
 
 pub mod audit;
 pub mod client;
@@ -61,6 +62,18 @@ pub enum Command {
     /// The audit log: every signature and every refusal, hash-chained.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Measure issuance against the token's own signing rate, on a fresh
+    /// token and a daemon started for the purpose (see BENCHMARKS.md).
+    Bench(Box<crate::bench::BenchArgs>),
+    /// Part of `hsmca bench`: the raw C_Sign rate, in a process of its own
+    /// with the token's environment; prints JSON.
+    #[command(hide = true)]
+    BenchRaw {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        seconds: f64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -147,5 +160,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Crl(args) => records::crl(args).await,
         Command::Request(cmd) => requests::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Bench(args) => crate::bench::bench(*args).await,
+        Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
     }
 }

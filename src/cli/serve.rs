@@ -205,6 +205,7 @@ async fn watchdog_probe(pool: &SignerPool, ca: &CaChain) -> Probe {
 }
 
 pub async fn serve(config_path: &Path) -> CliResult {
+    let started = std::time::Instant::now();
     let cfg = Config::load(config_path)?;
     init_logging(&cfg)?;
     // Before any thread that may read the environment from C (the PKCS#11
@@ -221,14 +222,27 @@ pub async fn serve(config_path: &Path) -> CliResult {
     ca.issuer.crl_url = cfg.ca.crl_url.clone();
     let ca = Arc::new(ca);
     sd::status("logging in to the token");
+    let token_started = std::time::Instant::now();
     let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
-    let result = serve_with(&cfg, config_path, ca, pool.clone(), &key, activated).await;
+    let timing = StartTiming {
+        started,
+        token: token_started.elapsed(),
+    };
+    let result = serve_with(&cfg, config_path, ca, pool.clone(), &key, activated, timing).await;
     let stopper = pool.clone();
     tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     if result.is_ok() {
         tracing::info!("stopped");
     }
     result
+}
+
+/// How long start-up took, for the "serving" log line: in total, and in
+/// the token (module, C_Initialize, login, key lookup, sessions), which
+/// depends on the HSM rather than on hsmca.
+struct StartTiming {
+    started: std::time::Instant,
+    token: Duration,
 }
 
 async fn serve_with(
@@ -238,6 +252,7 @@ async fn serve_with(
     pool: Arc<SignerPool>,
     key: &CaKey,
     activated: Option<Activated>,
+    timing: StartTiming,
 ) -> CliResult {
     sd::status("start-up self-test: signing with the token");
     ca.check_key(&key.spki)?;
@@ -319,6 +334,8 @@ async fn serve_with(
         key = %key.label,
         key_id = %hex::encode(&key.id),
         ca = %ca.issuing.tbs_certificate().subject(),
+        startup_ms = timing.started.elapsed().as_secs_f64() * 1000.0,
+        token_ms = timing.token.as_secs_f64() * 1000.0,
         "serving"
     );
     sd::ready(&format!("serving on {}", socket_path.display()));

@@ -1,0 +1,102 @@
+//! `hsmca bench` in its smallest form: one key type, one client, one
+//! second, a tiny renewal wave, no OpenSSL peer. A behaviour test: the run
+//! finishes and the JSON carries every figure BENCHMARKS.md is made from.
+//! It never asserts a speed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{HSMCA, repo, run_ok};
+use serde_json::Value;
+
+fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = match part.parse::<usize>() {
+            Ok(i) => &cur[i],
+            Err(_) => &cur[part],
+        };
+        assert!(!cur.is_null(), "no {path} in the bench JSON:\n{v:#}");
+    }
+    cur
+}
+
+fn number(v: &Value, path: &str) -> f64 {
+    field(v, path)
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in:\n{v:#}"))
+}
+
+#[test]
+fn bench_minimal_run_reports_every_figure() {
+    let out = run_ok(
+        Command::new(HSMCA)
+            .args([
+                "bench",
+                "--json",
+                "--keys",
+                "p256",
+                "--clients",
+                "1",
+                "--seconds",
+                "1",
+                "--wave",
+                "20",
+                "--no-peer",
+                "--setup",
+            ])
+            .arg(repo().join("softhsm-setup/setup.sh"))
+            .env_remove("HSMCA_PIN")
+            .stdin(Stdio::null()),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    number(&v, "machine.cpus");
+    let r = field(&v, "results.0");
+    assert_eq!(field(r, "key"), "p256");
+    assert!(number(r, "raw.signs_per_s") > 0.0);
+    assert!(number(r, "raw.cpu_us_per_sign") > 0.0);
+    let run = field(r, "issuance.0");
+    assert_eq!(number(run, "clients"), 1.0);
+    assert!(number(run, "ok") > 0.0, "no certificate issued: {run:#}");
+    assert_eq!(number(run, "errors"), 0.0, "{run:#}");
+    for f in [
+        "per_s",
+        "latency.p50_ms",
+        "latency.p90_ms",
+        "latency.p99_ms",
+        "latency.max_ms",
+        "daemon_cpu_us_per_op",
+        "daemon_peak_rss_kib",
+        "throughput_ratio",
+        "efficiency_ratio",
+    ] {
+        number(run, f);
+    }
+    for f in [
+        "ready_ms",
+        "token_ms",
+        "ready_excluding_login_ms",
+        "idle_rss_kib",
+        "peak_rss_kib",
+    ] {
+        assert!(number(r, &format!("daemon.{f}")) > 0.0, "daemon.{f}");
+    }
+    assert!(number(r, "get_by_id.per_s") > 0.0);
+    assert_eq!(number(r, "get_by_id.clients"), 16.0);
+    assert_eq!(field(r, "replay.identical_replies"), true);
+    number(r, "replay.speedup_ratio");
+    assert_eq!(number(r, "wave.requests"), 20.0);
+    assert_eq!(number(r, "wave.renewed"), 20.0);
+    number(r, "wave.client_before.p99_ms");
+    number(r, "wave.client_during_renewals.p99_ms");
+    assert!(r.get("peer").is_none(), "--no-peer still ran the peer");
+    let targets = field(r, "targets").as_array().unwrap();
+    assert!(!targets.is_empty());
+    for t in targets {
+        field(t, "name");
+        field(t, "measured");
+        assert!(field(t, "met").is_boolean());
+    }
+}
