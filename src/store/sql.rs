@@ -244,39 +244,137 @@ async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>, mut head: (i64, 
 }
 
 /// Commits the jobs' records and audit entries in one transaction; returns
-/// the audit log's new head.
+/// the audit log's new head. Rows go in as multi-row INSERTs (see
+/// [`CHUNKS`]): one statement per chunk rather than two per certificate,
+/// since every statement is a round trip to sqlx's SQLite thread.
 async fn insert_batch<'a>(
     pool: &AnyPool,
     jobs: impl Iterator<Item = &'a Pending>,
     head: &(i64, String),
 ) -> Result<(i64, String), StoreError> {
+    let jobs: Vec<&Pending> = jobs.collect();
     let mut tx: Transaction<'_, Any> = pool.begin().await.map_err(map_err)?;
+    let records: Vec<&Record> = jobs.iter().filter_map(|j| j.record.as_ref()).collect();
+    insert_records(&mut tx, &records).await?;
     let (mut seq, mut hash) = head.clone();
-    for job in jobs {
-        if let Some(r) = &job.record {
-            insert_record(&mut tx, r).await?;
+    let mut audit_rows = Vec::new();
+    for entry in jobs.iter().filter_map(|j| j.audit.as_ref()) {
+        let text = serde_json::to_string(entry)
+            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+        let next = crate::audit::chain_hash(&hash, &text);
+        seq += 1;
+        tracing::info!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
+        audit_rows.push((seq, text, std::mem::replace(&mut hash, next.clone()), next));
+    }
+    let mut rest = audit_rows.as_slice();
+    while !rest.is_empty() {
+        let n = chunk_len(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let sql = values_sql(
+            "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ",
+            4,
+            n,
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (seq, text, prev, next) in chunk {
+            q = q.bind(*seq).bind(text).bind(prev).bind(next);
         }
-        if let Some(entry) = &job.audit {
-            let text = serde_json::to_string(entry)
-                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-            let next = crate::audit::chain_hash(&hash, &text);
-            seq += 1;
-            sqlx::query(
-                "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(seq)
-            .bind(&text)
-            .bind(&hash)
-            .bind(&next)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            tracing::info!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
-            hash = next;
-        }
+        q.execute(&mut *tx).await.map_err(map_err)?;
     }
     tx.commit().await.map_err(map_err)?;
     Ok((seq, hash))
+}
+
+/// Rows per multi-row INSERT, largest first: a batch is cut greedily into
+/// these sizes, so only a handful of distinct statements are ever prepared
+/// (and stay in sqlx's statement cache). 64 rows × 19 columns stays far
+/// below SQLite's limit of 32,766 bound parameters.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+fn chunk_len(remaining: usize) -> usize {
+    CHUNKS.into_iter().find(|&c| c <= remaining).unwrap_or(1)
+}
+
+/// `prefix` followed by `rows` groups of `cols` numbered placeholders.
+fn values_sql(prefix: &str, cols: usize, rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(prefix.len() + rows * cols * 5);
+    sql.push_str(prefix);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            let _ = write!(
+                sql,
+                "{}${}",
+                if c == 0 { "" } else { ", " },
+                r * cols + c + 1
+            );
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (id, serial, owner_uid, owner_gid, \
+     owner_pid, subject, dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, \
+     create_time, request_id, fingerprint, description, tags, pem, reply) VALUES ";
+
+/// Inserts certificate records (and their tags) inside `tx`, many rows per
+/// statement.
+async fn insert_records(
+    tx: &mut Transaction<'_, Any>,
+    records: &[&Record],
+) -> Result<(), StoreError> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let n = chunk_len(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut q = sqlx::query(AssertSqlSafe(values_sql(INSERT_CERTIFICATES, 19, n)));
+        for r in chunk {
+            q = q
+                .bind(&r.id)
+                .bind(&r.serial)
+                .bind(i64::from(r.owner_uid))
+                .bind(i64::from(r.owner_gid))
+                .bind(r.owner_pid)
+                .bind(&r.subject)
+                .bind(json(&r.dns_names))
+                .bind(json(&r.uri_sans))
+                .bind(json(&r.ip_addresses))
+                .bind(&r.profile)
+                .bind(r.not_before)
+                .bind(r.expire_time)
+                .bind(r.create_time_us)
+                .bind(&r.request_id)
+                .bind(&r.fingerprint)
+                .bind(&r.description)
+                .bind(json(&r.tags))
+                .bind(&r.pem)
+                .bind(base64::engine::general_purpose::STANDARD.encode(&r.reply));
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for r in records {
+        insert_tags(tx, r).await?;
+    }
+    Ok(())
+}
+
+async fn insert_tags(tx: &mut Transaction<'_, Any>, r: &Record) -> Result<(), StoreError> {
+    for (k, v) in &r.tags {
+        sqlx::query(
+            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.id)
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// Inserts one certificate record inside `tx`.
@@ -313,18 +411,7 @@ pub(super) async fn insert_record(
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
-    for (k, v) in &r.tags {
-        sqlx::query(
-            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
-        )
-        .bind(&r.id)
-        .bind(k)
-        .bind(v)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    }
-    Ok(())
+    insert_tags(tx, r).await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -432,8 +519,12 @@ impl Store for SqlStore {
         request_id: &str,
         since_us: i64,
     ) -> Result<Option<Record>, StoreError> {
+        // `request_id <> ''` repeats the partial index's condition so that
+        // SQLite can use certificates_request; without it the planner walks
+        // the caller's records by create_time (a scan of all of them).
         let sql = format!(
-            "SELECT {COLUMNS} FROM certificates WHERE owner_uid = $1 AND request_id = $2 AND create_time >= $3"
+            "SELECT {COLUMNS} FROM certificates WHERE owner_uid = $1 AND request_id = $2 \
+             AND request_id <> '' AND create_time >= $3"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::from(owner_uid))

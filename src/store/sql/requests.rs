@@ -80,9 +80,11 @@ pub(super) async fn by_request_id(
     request_id: &str,
     since_us: i64,
 ) -> Result<Option<RequestRow>, StoreError> {
+    // `request_id <> ''` lets SQLite use the partial index on
+    // (owner_uid, request_id) instead of scanning the caller's requests.
     let sql = format!(
         "SELECT {COLUMNS} FROM certificate_requests \
-         WHERE owner_uid = $1 AND request_id = $2 AND create_time >= $3 \
+         WHERE owner_uid = $1 AND request_id = $2 AND request_id <> '' AND create_time >= $3 \
          ORDER BY create_time DESC LIMIT 1"
     );
     let r = sqlx::query(AssertSqlSafe(sql))
