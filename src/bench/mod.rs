@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON to this file (the table still goes to standard output).
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
     /// CA key types, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "p256,rsa2048")]
     pub keys: Vec<String>,
@@ -182,8 +185,12 @@ pub async fn bench(args: BenchArgs) -> CliResult {
         },
         results,
     };
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    if let Some(path) = &args.json_out {
+        crate::cli::client::write_out(Some(path), &json)?;
+    }
     if args.json {
-        crate::cli::client::write_out(None, &(serde_json::to_string_pretty(&report)? + "\n"))?;
+        crate::cli::client::write_out(None, &json)?;
     } else {
         crate::cli::client::write_out(None, &text(&report))?;
     }

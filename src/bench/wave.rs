@@ -37,7 +37,8 @@ pub struct WaveResult {
     pub requests: usize,
     /// From the first Create until every request had its first certificate.
     pub first_issue_s: f64,
-    /// Requests renewed (a second certificate) before the timeout.
+    /// Renewal certificates made for the wave before it ended (the earliest
+    /// requests may be renewed twice while the last are still waiting).
     pub renewed: usize,
     /// From the first renewal seen until the last.
     pub renewal_s: f64,
