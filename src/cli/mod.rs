@@ -1,12 +1,13 @@
 //! The `hsmca` command line: `serve` and `init` run next to the token;
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
-//! clients of a running daemon's socket.
+//! clients of a running daemon's socket; `status` reads its metrics socket.
 
 pub mod client;
 pub mod init;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,9 @@ pub enum Command {
     /// Certificate requests: CSRs the daemon keeps issued and renewed.
     #[command(subcommand)]
     Request(requests::RequestCommand),
+    /// Summarise the daemon's metrics: token, issued and refused
+    /// certificates, signer queue, latencies.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -142,5 +146,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Revoke(args) => records::revoke(args).await,
         Command::Crl(args) => records::crl(args).await,
         Command::Request(cmd) => requests::run(cmd).await,
+        Command::Status(args) => status::status(args).await,
     }
 }

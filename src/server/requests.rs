@@ -36,7 +36,7 @@ impl<S, St> RequestsService<S, St> {
 type Filter = (Option<State>, Vec<(String, String)>);
 
 /// `state=PENDING|FINISHED|FAILED` and `label:KEY=VALUE` terms.
-fn parse_filter(s: &str) -> Result<Filter, String> {
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
     let mut state = None;
     let mut labels = Vec::new();
     for (word, value) in records::parse_terms(s, "state=FINISHED or label:KEY=VALUE")? {

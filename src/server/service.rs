@@ -11,7 +11,10 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::{
+    bounds::ConnInfo,
+    records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
+};
 pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
@@ -29,8 +32,10 @@ use crate::{
 };
 
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
-    req.extensions()
-        .get::<UdsConnectInfo>()
+    let ext = req.extensions();
+    ext.get::<ConnInfo>()
+        .map(|c| &c.uds)
+        .or_else(|| ext.get::<UdsConnectInfo>())
         .and_then(|info| info.peer_cred)
         .map(|c| Peer {
             uid: c.uid(),
@@ -161,8 +166,12 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let req = req.into_inner();
         let profile = req.profile.clone();
         match self.generate(peer, req).await {
-            Ok(r) => Ok(Response::new(r)),
+            Ok(r) => {
+                crate::metrics::metrics().count_issue(&profile, Ok(()));
+                Ok(Response::new(r))
+            }
             Err(status) => {
+                crate::metrics::metrics().count_issue(&profile, Err(status.code()));
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
                     profile = %profile,

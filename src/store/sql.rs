@@ -180,10 +180,15 @@ impl SqlStore {
 
 async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let m = crate::metrics::metrics();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = std::time::Instant::now();
         let result = insert_batch(&pool, batch.iter().map(|p| &p.record)).await;
         match result {
             Ok(()) => {
+                m.store_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                m.store_commit_records.inc_by(batch.len() as u64);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Ok(()));
                 }
