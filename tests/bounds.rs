@@ -324,3 +324,47 @@ async fn the_request_deadline_cuts_a_hung_call_but_not_a_watch() {
     assert_eq!(rotated.id, created.id);
     ca.assert_serves().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_signer_queue_fails_fast_with_resource_exhausted() {
+    // One session, room for one waiting job, and a CA key slow to sign
+    // with: most of 100 simultaneous requests find the queue full.
+    let mut ca = Ca::with_env(
+        "rsa4096",
+        &[
+            ("HSMCA_TOKEN__SESSIONS", "1"),
+            ("HSMCA_TOKEN__QUEUE_DEPTH", "1"),
+        ],
+    );
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256").public_pem();
+    let channel = hsmca::cli::client::connect(&ca.socket()).await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let mut c = hsmca::proto::certificate_authority_client::CertificateAuthorityClient::new(
+            channel.clone(),
+        );
+        let req = issue_request(&key, &format!("q{i}"));
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.generate_client_certificate(req).await;
+            (r.map(|_| ()), t.elapsed())
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for call in calls {
+        let (r, took) = call.await.unwrap();
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("queue is full"), "{e:?}");
+                assert!(took < Duration::from_secs(5), "a refusal took {took:?}");
+                busy += 1;
+            }
+        }
+    }
+    eprintln!("{ok} issued, {busy} refused with RESOURCE_EXHAUSTED");
+    assert!(ok >= 1 && busy >= 1, "{ok} issued, {busy} refused");
+    ca.assert_serves().await;
+}
