@@ -172,11 +172,16 @@ impl SignerPool {
             .clone()
             .ok_or(TokenError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        tx.try_send(Job { input, reply }).map_err(|e| match e {
-            flume::TrySendError::Full(_) => TokenError::Busy,
-            flume::TrySendError::Disconnected(_) => TokenError::Stopped,
+        // Counted before the send, so a worker's decrement never comes first.
+        let queued = &metrics().signer_queue;
+        queued.inc();
+        tx.try_send(Job { input, reply }).map_err(|e| {
+            queued.dec();
+            match e {
+                flume::TrySendError::Full(_) => TokenError::Busy,
+                flume::TrySendError::Disconnected(_) => TokenError::Stopped,
+            }
         })?;
-        metrics().signer_queue.inc();
         rx.await.map_err(|_| TokenError::Stopped)?
     }
 }
