@@ -404,3 +404,75 @@ impl http_body::Body for GuardedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn limited(limits: &Limits) -> (Limited<UnixStream>, UnixStream, Arc<Semaphore>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        (Limited::new(a, slot, limits), b, slots)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(400),
+            ..Limits::default()
+        }
+    }
+
+    /// Reads until end of stream; the time it took.
+    async fn until_closed(l: &mut Limited<UnixStream>) -> Duration {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        while l.read(&mut buf).await.unwrap() > 0 {}
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_preface_is_closed_at_the_handshake_timeout() {
+        let (mut l, mut peer, slots) = limited(&limits());
+        peer.write_all(&PREFACE[..10]).await.unwrap();
+        let took = until_closed(&mut l).await;
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(slots.available_permits(), 0);
+        drop(l);
+        assert_eq!(slots.available_permits(), 1, "the slot comes back");
+    }
+
+    #[tokio::test]
+    async fn idle_counts_from_the_last_request() {
+        let (mut l, mut peer, _slots) = limited(&limits());
+        peer.write_all(PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(l.read(&mut buf).await.unwrap(), PREFACE.len());
+        // A request in progress for 1 s keeps the connection.
+        let guard = RequestGuard::enter(l.state.clone());
+        let reader = tokio::spawn(async move { until_closed(&mut l).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !reader.is_finished(),
+            "closed while a request was in progress"
+        );
+        let ended = Instant::now();
+        drop(guard);
+        let took = reader.await.unwrap();
+        // Closed idle_timeout (400 ms) after the request ended.
+        let after = ended.elapsed();
+        assert!(took >= Duration::from_millis(1300), "{took:?}");
+        assert!(
+            after >= Duration::from_millis(350) && after < Duration::from_secs(3),
+            "{after:?}"
+        );
+    }
+}
