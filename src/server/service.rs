@@ -11,7 +11,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::records;
 pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
@@ -207,6 +207,9 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         }
         tracing::info!(
             uid = peer.uid, gid = peer.gid, pid = peer.pid,
+            user = who.user.as_deref().unwrap_or("-"),
+            exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
+            rule = %grant.rule,
             id = %issued.certificate_id,
             serial = %issued.serial_hex,
             subject = %issued.subject,
@@ -242,6 +245,8 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
                 .await;
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
+                    user = who.user.as_deref().unwrap_or("-"),
+                    exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
                     profile = %profile,
                     code = ?status.code(),
                     reason = status.message(),
@@ -283,18 +288,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
     ) -> Result<Response<ListClientCertificatesResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(records::decode_page_token(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is malformed; pass next_page_token from the previous reply unchanged")
-            })?)
-        };
+        let (limit, after) = records::page(req.page_size, &req.page_token)?;
         let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let now = unix_now();
         let owner_uid = (!self.is_admin(peer)).then_some(peer.uid);
