@@ -399,6 +399,10 @@ async fn an_intermediate_is_bound_by_its_rules_names() {
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     assert!(text.contains("X509v3 Name Constraints: critical"), "{text}");
     assert!(text.contains("DNS:mesh.example"), "{text}");
+    // No e-mail address may be signed, and leaves are for client auth only
+    // (the rule's profiles).
+    assert!(text.contains("email:hsmca.invalid"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
     let chain = ca
         .client()
         .await

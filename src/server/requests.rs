@@ -80,9 +80,10 @@ impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsServi
             Ok(r) => Ok(Response::new(r)),
             Err(e) => {
                 let status = Status::from(e);
-                let who = self.requests.identify(&peer);
+                let who = self.requests.identify(&peer).await;
                 super::service::audit_refusal(
                     self.requests.store(),
+                    self.requests.auth(),
                     &who,
                     "CreateCertificateRequest",
                     &profile,
