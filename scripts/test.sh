@@ -60,9 +60,11 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # --- Debian packages --------------------------------------------------------
 # softhsm2: the token; opensc: pkcs11-tool and pkcs11-spy.so;
 # openssl + libengine-pkcs11-openssl: checking certificates and signing
-# with keys on the token from the tests.
+# with keys on the token from the tests; systemd: systemd-analyze (the unit
+# files are verified and scored) and systemd-socket-activate (socket
+# activation is tested with it). Neither needs systemd to be running.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl; do
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.

@@ -268,6 +268,28 @@ dir = $(toml_str "$dir/state")
 [log]
 # Log level: error, warn, info, debug or trace.
 level = "info"
+
+# Who may have which certificates (default deny; see the README, "Policy").
+# Development: every local user may have any client or server certificate,
+# and nobody is an administrator. Replace before production.
+[[policy.rules]]
+name = "development"
+everyone = true
+profiles = ["client", "server"]
+common_names = ["**"]
+dns = ["**"]
+uris = ["**"]
+ips = ["**"]
+allow_wildcards = true
+
+# An administrator may delete certificate requests, see everyone's records
+# and have intermediates (within the names its rule allows):
+# [[policy.rules]]
+# name = "admins"
+# uids = [0]
+# admin = true
+# profiles = ["client", "server", "intermediate"]
+# dns = ["*.svc.example"]
 EOF
     chmod 0644 "$tmp"
     # mv -n: never replace a file that appeared in the meantime.

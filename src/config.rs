@@ -28,6 +28,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("config key {key}: {message}")]
+    InvalidAt { key: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -56,6 +58,8 @@ pub struct Config {
     pub requests: RequestsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 /// The Prometheus endpoint: `GET /metrics` on a Unix socket of its own
@@ -97,6 +101,78 @@ impl Config {
             None => self.server.socket.with_file_name("hsmca-metrics.sock"),
         })
     }
+}
+
+/// Who may have which certificates. Default deny: a caller no rule matches
+/// gets nothing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One policy rule: whom it matches, and what it grants them. A request is
+/// granted by the first rule, in file order, that matches the caller and
+/// allows its profile and every one of its names; that rule's duration cap,
+/// rate and quota then apply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in logs and refusals.
+    pub name: String,
+    /// Matches every caller whose credentials could be read.
+    #[serde(default)]
+    pub everyone: bool,
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Primary or supplementary group ids.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `client`, `server`, `intermediate` (the last needs `admin`).
+    #[serde(default = "default_rule_profiles")]
+    pub profiles: Vec<String>,
+    /// Subject common names: exact text, or `**` for any. A common name that
+    /// is a DNS name allowed by `dns` is allowed too.
+    #[serde(default)]
+    pub common_names: Vec<String>,
+    /// DNS names: `host.example`, `*.svc.example` (one label),
+    /// `**.svc.example` (one or more labels), `**` (any).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// URIs: `spiffe://example.org/ns/{user}/*` (`*` one path segment,
+    /// trailing `**` the rest), `**` (any).
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// IP networks in CIDR notation, or `**` for any address.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Whether wildcard DNS names (`*.svc.example`) may be requested.
+    #[serde(default)]
+    pub allow_wildcards: bool,
+    /// Caps the requested lifetime.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_duration: Option<Duration>,
+    /// Sustained requests per second per caller (token bucket).
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Bucket size: requests allowed at once (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Live (unexpired, unrevoked) certificates per caller.
+    #[serde(default)]
+    pub max_live: Option<u64>,
+    /// Deleting certificate requests, seeing everyone's records, and the
+    /// intermediate profile.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_rule_profiles() -> Vec<String> {
+    vec!["client".into()]
 }
 
 /// The `CertificateRequests` service: renewal and its background worker.
@@ -486,11 +562,32 @@ pub enum LogFormat {
 }
 
 /// Lifetime bounds of each certificate profile.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfilesConfig {
     pub client: ProfileBounds,
     pub server: ProfileBounds,
+    #[serde(default = "intermediate_bounds")]
+    pub intermediate: ProfileBounds,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        Self {
+            client: ProfileBounds::default(),
+            server: ProfileBounds::default(),
+            intermediate: intermediate_bounds(),
+        }
+    }
+}
+
+/// Intermediates (for mesh agents) live a day by default, at most a week.
+fn intermediate_bounds() -> ProfileBounds {
+    ProfileBounds {
+        default_duration: Duration::from_secs(24 * 3600),
+        min_duration: Duration::from_secs(3600),
+        max_duration: Duration::from_secs(7 * 24 * 3600),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -692,6 +789,7 @@ impl Config {
         if self.ca.validity < Duration::from_secs(24 * 3600) {
             return Err(invalid("ca.validity", "must be at least 24h"));
         }
+        crate::policy::Policy::compile(&self.policy)?;
         let r = &self.requests;
         if !(r.renew_after > 0.0 && r.renew_after < 1.0) {
             return Err(invalid(
@@ -714,6 +812,7 @@ impl Config {
         for (key, b) in [
             ("profiles.client", &self.profiles.client),
             ("profiles.server", &self.profiles.server),
+            ("profiles.intermediate", &self.profiles.intermediate),
         ] {
             if b.min_duration.is_zero()
                 || b.min_duration > b.max_duration

@@ -156,6 +156,13 @@ impl<S: DigestSigner, St: Store> CrlPublisher<S, St> {
             next_update: now + self.validity.as_secs() as i64,
             pem: crl.to_pem(LineEnding::LF)?,
         };
+        let mut entry = crate::audit::AuditEntry::by(None, "crl");
+        entry.serial = format!("crl number {number}");
+        entry.tbs_sha256 = der::Encode::to_der(&crl.tbs_cert_list)
+            .map(|tbs| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tbs)))
+            .unwrap_or_default();
+        entry.outcome = "signed".into();
+        self.store.audit(entry).await?;
         self.store.save_crl(record.clone()).await?;
         let record = Arc::new(record);
         *self.current.write().await = Some(record.clone());

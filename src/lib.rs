@@ -5,6 +5,7 @@
 //! records). `requests` keeps certificate requests issued and renewed in the
 //! background.
 
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
@@ -16,10 +17,12 @@ pub mod names;
 pub mod peer;
 pub mod pin;
 pub mod pkcs11_uri;
+pub mod policy;
 pub mod proto;
 pub mod requests;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod verify;

@@ -20,7 +20,8 @@ pub enum PinError {
         source: std::io::Error,
     },
     #[error(
-        "PIN file {path} is readable by group or others (mode {mode:04o}); run: chmod 600 {path}"
+        "PIN file {path} has mode {mode:04o}: its group or other users can access it, so it is not used; \
+         run: chmod 600 {path} (and make the daemon's user its owner)"
     )]
     Permissions { path: String, mode: u32 },
     #[error("the PIN from {0} is empty")]

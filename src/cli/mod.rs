@@ -2,6 +2,7 @@
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
 //! clients of a running daemon's socket; `status` reads its metrics socket.
 
+pub mod audit;
 pub mod client;
 pub mod init;
 pub mod records;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Summarise the daemon's metrics: token, issued and refused
     /// certificates, signer queue, latencies.
     Status(status::StatusArgs),
+    /// The audit log: every signature and every refusal, hash-chained.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Args, Debug)]
@@ -147,5 +151,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Crl(args) => records::crl(args).await,
         Command::Request(cmd) => requests::run(cmd).await,
         Command::Status(args) => status::status(args).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
     }
 }

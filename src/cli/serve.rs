@@ -1,5 +1,7 @@
 //! `hsmca serve`: log in, check that the token key and the CA certificate
-//! belong together, bind the socket, serve until SIGTERM/SIGINT.
+//! belong together, bind the socket (or take the one systemd passed), serve
+//! until SIGTERM/SIGINT. systemd hears `READY=1` only once all of that is
+//! done, and the watchdog pings come from signatures (see [`crate::systemd`]).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -12,18 +14,20 @@ use crate::{
     crl::CrlPublisher,
     issue::Issuer,
     metrics::{self, http::MetricsListener},
+    policy::{Authorizer, Policy},
     requests::Requests,
     server::{
         self, ServeOptions,
         inflight::InFlight,
         requests::RequestsService,
         service::CaService,
-        socket::{BoundSocket, SocketFile},
+        socket::{self, Activated, BoundSocket, SocketFile},
     },
-    signing::{DigestSigner, SignatureScheme},
+    signing::{DigestSigner, SignError, SignatureScheme},
     store::sql::SqlStore,
+    systemd::{self as sd, Probe},
     token::{
-        CaKey, KeySelector, Token,
+        CaKey, KeySelector, Token, TokenError,
         faults::FaultInjector,
         pool::{PoolOptions, RebuildPlan, SignerPool},
     },
@@ -33,19 +37,83 @@ use crate::{
 /// has been answered.
 const FLUSH: Duration = Duration::from_millis(200);
 
+/// Sets a new log filter on the running subscriber (SIGHUP).
+type SetFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
 pub fn init_logging(cfg: &Config) -> CliResult {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .map_err(|e| format!("config key log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match cfg.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
     // A second init (tests running several commands in one process) is harmless.
-    let _ = result;
+    match cfg.log.format {
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            if builder.try_init().is_ok() {
+                let _ = SET_FILTER.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
     Ok(())
+}
+
+/// SIGHUP: read the config again and apply its policy and log level. An
+/// invalid config is refused with the reason logged, and the running one
+/// stays; connections and requests in flight are not touched (a request
+/// already past its policy check finishes under the policy that granted it).
+async fn reload_on_hup(path: std::path::PathBuf, auth: Arc<Authorizer>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let loaded = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                let policy = Policy::compile(&cfg.policy).map_err(|e| e.to_string())?;
+                let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+                    .map_err(|e| format!("config key log.level: {e}"))?;
+                Ok((cfg, policy, filter))
+            });
+        match loaded {
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the new configuration is invalid; keeping the running one"
+            ),
+            Ok((cfg, policy, filter)) => {
+                auth.replace(policy);
+                if let Some(set) = SET_FILTER.get()
+                    && let Err(e) = set(filter)
+                {
+                    tracing::warn!(error = %e, "SIGHUP: could not change the log level");
+                }
+                tracing::info!(
+                    rules = cfg.policy.rules.len(),
+                    log_level = %cfg.log.level,
+                    "SIGHUP: reloaded the policy and the log level (other settings need a restart)"
+                );
+            }
+        }
+    }
 }
 
 /// Opens the token, logs in, finds the existing CA key and starts the
@@ -104,14 +172,58 @@ pub async fn self_test(pool: &SignerPool, ca: &CaChain) -> CliResult {
     Ok(())
 }
 
+/// The watchdog's probe: a real signature of a random digest through the
+/// pool, verified with the CA certificate's key. A full queue is retried
+/// (the caller's timeout bounds the wait): a busy signer is not a wedged one.
+async fn watchdog_probe(pool: &SignerPool, ca: &CaChain) -> Probe {
+    let mut msg = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut msg) {
+        return Probe::Failed(format!("no random bytes: {e}"));
+    }
+    let scheme = pool.scheme();
+    let alg = match scheme.algorithm_identifier() {
+        Ok(a) => a,
+        Err(e) => return Probe::Failed(e.to_string()),
+    };
+    loop {
+        match pool.sign_digest(scheme.digest(&msg)).await {
+            Ok(sig) => {
+                let spki = ca.issuing.tbs_certificate().subject_public_key_info();
+                return match crate::verify::verify(spki, &alg, &msg, &sig) {
+                    Ok(()) => Probe::Signed,
+                    Err(e) => Probe::Failed(format!(
+                        "a token signature failed to verify against the CA certificate: {e}"
+                    )),
+                };
+            }
+            Err(SignError::Token(TokenError::Unavailable)) => return Probe::Unavailable,
+            Err(SignError::Token(TokenError::Busy)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Probe::Failed(e.to_string()),
+        }
+    }
+}
+
 pub async fn serve(config_path: &Path) -> CliResult {
     let cfg = Config::load(config_path)?;
     init_logging(&cfg)?;
+    // Before any thread that may read the environment from C (the PKCS#11
+    // module): this removes LISTEN_FDS/LISTEN_PID.
+    let activated = socket::take_activated()?;
+    // Refused before the token is touched. An abstract socket passed by
+    // systemd has no directory to check.
+    match &activated {
+        None => socket::check_socket_dir(&cfg.server.socket)?,
+        Some(Activated { path: Some(p), .. }) => socket::check_socket_dir(p)?,
+        Some(_) => {}
+    }
     let mut ca = CaChain::load(&cfg.ca)?;
     ca.issuer.crl_url = cfg.ca.crl_url.clone();
     let ca = Arc::new(ca);
+    sd::status("logging in to the token");
     let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
-    let result = serve_with(&cfg, ca, pool.clone(), &key).await;
+    let result = serve_with(&cfg, config_path, ca, pool.clone(), &key, activated).await;
     let stopper = pool.clone();
     tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     if result.is_ok() {
@@ -122,20 +234,28 @@ pub async fn serve(config_path: &Path) -> CliResult {
 
 async fn serve_with(
     cfg: &Config,
+    config_path: &Path,
     ca: Arc<CaChain>,
     pool: Arc<SignerPool>,
     key: &CaKey,
+    activated: Option<Activated>,
 ) -> CliResult {
+    sd::status("start-up self-test: signing with the token");
     ca.check_key(&key.spki)?;
     self_test(&pool, &ca).await?;
     let token_state = pool.state();
+    sd::status("opening the store");
     let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
-    let issuer = Arc::new(Issuer::new(
-        pool.clone(),
-        ca.clone(),
-        cfg.profiles.clone(),
-        cfg.ca.backdate,
-    ));
+    let probe_pool = pool.clone();
+    let issuer = Arc::new(
+        Issuer::new(
+            pool.clone(),
+            ca.clone(),
+            cfg.profiles.clone(),
+            cfg.ca.backdate,
+        )
+        .with_key_label(key.label.clone()),
+    );
     let crl = Arc::new(CrlPublisher::new(
         pool,
         store.clone(),
@@ -144,7 +264,11 @@ async fn serve_with(
     ));
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
+    let auth = Arc::new(Authorizer::new(Policy::compile(&cfg.policy)?));
+    let mut reloader = tokio::task::JoinSet::new();
+    reloader.spawn(reload_on_hup(config_path.to_owned(), auth.clone()));
     let requests = Arc::new(Requests::new(
+        auth.clone(),
         issuer.clone(),
         store.clone(),
         crl.clone(),
@@ -156,9 +280,27 @@ async fn serve_with(
     // Held in a JoinSet so that every way out of here stops it.
     let mut worker = tokio::task::JoinSet::new();
     worker.spawn(requests.clone().run_worker());
-    let service = CaService::new(issuer, store, crl, cfg.state.request_id_retention);
-    let bound = BoundSocket::bind(&cfg.server.socket, cfg.server.socket_mode_bits())?;
-    let (listener, _socket_file) = bound.into_parts();
+    let service = CaService::new(
+        issuer,
+        store,
+        crl,
+        cfg.state.request_id_retention,
+        auth.clone(),
+    );
+    // A socket systemd passed is served as it is and never removed: it
+    // belongs to hsmca.socket. One we bind is removed at exit.
+    let (listener, _socket_file, socket_path) = match activated {
+        Some(a) => {
+            let path = a.path.clone().unwrap_or_else(|| "(unnamed)".into());
+            tracing::info!(socket = %path.display(), "using the socket passed by systemd (server.socket is not bound)");
+            (a.into_tokio()?, None, path)
+        }
+        None => {
+            let bound = BoundSocket::bind(&cfg.server.socket, cfg.server.socket_mode_bits())?;
+            let (listener, file) = bound.into_parts();
+            (listener, Some(file), cfg.server.socket.clone())
+        }
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -178,20 +320,35 @@ async fn serve_with(
         let _ = stop_rx.await;
     }));
     tracing::info!(
-        socket = %cfg.server.socket.display(),
+        socket = %socket_path.display(),
         key = %key.label,
         key_id = %hex::encode(&key.id),
         ca = %ca.issuing.tbs_certificate().subject(),
         "serving"
     );
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    sd::ready(&format!("serving on {}", socket_path.display()));
+    let mut watchdog = tokio::task::JoinSet::new();
+    if let Some(period) = sd::watchdog_period() {
+        tracing::info!(
+            ?period,
+            "systemd watchdog: a test signature every half period"
+        );
+        let state = probe_pool.state();
+        let ca = ca.clone();
+        watchdog.spawn(sd::watchdog(period, state, move || {
+            let pool = probe_pool.clone();
+            let ca = ca.clone();
+            async move { watchdog_probe(&pool, &ca).await }
+        }));
+    }
 
     tokio::select! {
         r = &mut server => return Ok(r??),
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    watchdog.abort_all();
+    sd::stopping("stopping: finishing in-flight requests");
     let _ = stop_tx.send(());
     // Stop when the server has closed every connection, or when no request
     // is in flight any more (plus a moment to flush the last replies): an

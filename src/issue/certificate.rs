@@ -17,7 +17,8 @@ use x509_cert::{
         Extension, ToExtension,
         pkix::{
             AuthorityKeyIdentifier, BasicConstraints, CrlDistributionPoints, ExtendedKeyUsage,
-            KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
+            KeyUsage, KeyUsages, NameConstraints, SubjectAltName, SubjectKeyIdentifier,
+            constraints::name::GeneralSubtree,
             crl::dp::DistributionPoint,
             name::{DistributionPointName, GeneralName},
         },
@@ -120,6 +121,9 @@ where
 pub enum LeafProfile {
     Client,
     Server,
+    /// A CA certificate for a subordinate signer (mesh agents): pathLen 0,
+    /// name constraints from the policy rule that granted it.
+    Intermediate,
 }
 
 impl LeafProfile {
@@ -127,6 +131,7 @@ impl LeafProfile {
         match name {
             "" | "client" => Some(Self::Client),
             "server" => Some(Self::Server),
+            "intermediate" => Some(Self::Intermediate),
             _ => None,
         }
     }
@@ -134,6 +139,7 @@ impl LeafProfile {
         match self {
             Self::Client => "client",
             Self::Server => "server",
+            Self::Intermediate => "intermediate",
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct LeafSpec {
     pub serial: SerialNumber,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// For the intermediate profile: what certificates it signs may name.
+    pub permitted: Option<crate::policy::Permitted>,
 }
 
 /// The issuing CA as a leaf sees it.
@@ -184,6 +192,91 @@ impl BuilderProfile for Fixed {
     }
 }
 
+/// NameConstraints (critical, permitted subtrees only) from what a policy
+/// rule allows: its DNS names, URI hosts, IP networks and exact common names
+/// (as `CN=…` directoryName subtrees), and no e-mail address. A name type the rule allows nothing of gets a subtree no
+/// real name falls in (`hsmca.invalid`, a /32 and /128 host), so the
+/// intermediate cannot sign that type at all; a type the rule allows
+/// entirely (`**`) is left unconstrained.
+fn name_constraints(p: &crate::policy::Permitted) -> Result<Option<NameConstraints>, BuildError> {
+    const NOTHING: &str = "hsmca.invalid";
+    let subtree = |base| GeneralSubtree {
+        base,
+        minimum: 0,
+        maximum: None,
+    };
+    let mut subtrees = Vec::new();
+    // The policy never grants e-mail addresses.
+    subtrees.push(subtree(GeneralName::Rfc822Name(der::asn1::Ia5String::new(
+        NOTHING,
+    )?)));
+    if let Some(cns) = &p.common_names {
+        let cns: Vec<&str> = if cns.is_empty() {
+            vec![NOTHING]
+        } else {
+            cns.iter().map(String::as_str).collect()
+        };
+        for cn in cns {
+            let name = crate::names::Names {
+                common_name: Some(cn.to_owned()),
+                ..Default::default()
+            }
+            .subject()?;
+            subtrees.push(subtree(GeneralName::DirectoryName(name)));
+        }
+    }
+    if let Some(dns) = &p.dns {
+        let hosts: Vec<&str> = if dns.is_empty() {
+            vec![NOTHING]
+        } else {
+            dns.iter().map(String::as_str).collect()
+        };
+        for d in hosts {
+            subtrees.push(subtree(GeneralName::DnsName(der::asn1::Ia5String::new(d)?)));
+        }
+    }
+    if let Some(uris) = &p.uri_hosts {
+        let hosts: Vec<&str> = if uris.is_empty() {
+            vec![NOTHING]
+        } else {
+            uris.iter().map(String::as_str).collect()
+        };
+        for h in hosts {
+            subtrees.push(subtree(GeneralName::UniformResourceIdentifier(
+                der::asn1::Ia5String::new(h)?,
+            )));
+        }
+    }
+    if let Some(ips) = &p.ips {
+        let nets: Vec<ipnet::IpNet> = if ips.is_empty() {
+            vec![
+                ipnet::IpNet::from(ipnet::Ipv4Net::from(std::net::Ipv4Addr::UNSPECIFIED)),
+                ipnet::IpNet::from(ipnet::Ipv6Net::from(std::net::Ipv6Addr::UNSPECIFIED)),
+            ]
+        } else {
+            ips.clone()
+        };
+        for n in nets {
+            let mut bytes = match n.network() {
+                std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                std::net::IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            match n.netmask() {
+                std::net::IpAddr::V4(m) => bytes.extend(m.octets()),
+                std::net::IpAddr::V6(m) => bytes.extend(m.octets()),
+            }
+            subtrees.push(subtree(GeneralName::IpAddress(
+                der::asn1::OctetString::new(bytes)?,
+            )));
+        }
+    }
+    // A rule that allows every name of every type constrains nothing.
+    Ok((!subtrees.is_empty()).then_some(NameConstraints {
+        permitted_subtrees: Some(subtrees),
+        excluded_subtrees: None,
+    }))
+}
+
 /// A fresh serial: 16 bytes from the OS CSPRNG, first byte non-zero so the
 /// encoding keeps all 128 bits (a leading 0x00 is added when the top bit is
 /// set, keeping it positive).
@@ -211,28 +304,58 @@ pub async fn build_leaf<S: DigestSigner>(
     spec: LeafSpec,
 ) -> Result<Certificate, BuildError> {
     let subject = spec.subject;
-    let mut exts = Vec::with_capacity(7);
+    let mut exts = Vec::with_capacity(8);
+    let ca = spec.profile == LeafProfile::Intermediate;
     push(
         &mut exts,
         &subject,
         (
             true,
             &BasicConstraints {
-                ca: false,
-                path_len_constraint: None,
+                ca,
+                // An intermediate signs leaves only, never another CA.
+                path_len_constraint: ca.then_some(0),
             },
         ),
     )?;
-    let mut usage = KeyUsages::DigitalSignature.into();
-    if spec.key_encipherment {
-        usage |= KeyUsages::KeyEncipherment;
-    }
-    push(&mut exts, &subject, &KeyUsage(usage))?;
-    let eku = match spec.profile {
-        LeafProfile::Client => ID_KP_CLIENT_AUTH,
-        LeafProfile::Server => ID_KP_SERVER_AUTH,
+    let usage = if ca {
+        KeyUsages::KeyCertSign | KeyUsages::CRLSign
+    } else {
+        let mut usage = KeyUsages::DigitalSignature.into();
+        if spec.key_encipherment {
+            usage |= KeyUsages::KeyEncipherment;
+        }
+        usage
     };
-    push(&mut exts, &subject, &ExtendedKeyUsage(vec![eku]))?;
+    push(&mut exts, &subject, &KeyUsage(usage))?;
+    match spec.profile {
+        LeafProfile::Client => push(
+            &mut exts,
+            &subject,
+            &ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]),
+        )?,
+        LeafProfile::Server => push(
+            &mut exts,
+            &subject,
+            &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
+        )?,
+        LeafProfile::Intermediate => {
+            // The purposes its leaves may have: those the granting rule
+            // allows (an EKU in a CA certificate constrains the chain).
+            let mut ekus = Vec::new();
+            if let Some(p) = &spec.permitted {
+                if p.client {
+                    ekus.push(ID_KP_CLIENT_AUTH);
+                }
+                if p.server {
+                    ekus.push(ID_KP_SERVER_AUTH);
+                }
+            }
+            if !ekus.is_empty() {
+                push(&mut exts, &subject, &ExtendedKeyUsage(ekus))?;
+            }
+        }
+    }
     push(
         &mut exts,
         &subject,
@@ -250,6 +373,12 @@ pub async fn build_leaf<S: DigestSigner>(
         // Critical exactly when the subject is empty (RFC 5280 §4.2.1.6);
         // x509-cert decides that from the subject.
         push(&mut exts, &subject, &SubjectAltName(spec.general_names))?;
+    }
+    if ca
+        && let Some(permitted) = &spec.permitted
+        && let Some(nc) = name_constraints(permitted)?
+    {
+        push(&mut exts, &subject, &nc)?;
     }
     if let Some(url) = &issuer.crl_url {
         push(

@@ -20,6 +20,7 @@ use crate::{
     config::{ProfileBounds, ProfilesConfig},
     names::{NameError, Names},
     peer::Peer,
+    policy::RawNames,
     proto::GenerateClientCertificateRequest,
     signing::DigestSigner,
     store::Record,
@@ -45,6 +46,9 @@ pub enum IssueError {
     Csr(#[from] CsrError),
     #[error(transparent)]
     Name(#[from] NameError),
+    /// The policy refuses the caller this request.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// The CA cannot issue at all right now (e.g. it has expired).
     #[error("{0}")]
     Precondition(String),
@@ -71,6 +75,17 @@ pub struct Issued {
     pub description: String,
     pub tags: BTreeMap<String, String>,
     pub request_id: String,
+    /// SHA-256 of the TBSCertificate the token signed (hex).
+    pub tbs_sha256: String,
+    pub key_label: String,
+}
+
+/// What the policy decided about a request: a lifetime cap, and for an
+/// intermediate the names it may sign.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub max_duration: Option<Duration>,
+    pub permitted: Option<crate::policy::Permitted>,
 }
 
 /// A request that passed every check, with the certificate decided but not
@@ -87,6 +102,22 @@ pub struct Checked {
 }
 
 impl Issued {
+    /// The audit entry for this certificate, issued to `who` by `operation`.
+    pub fn audit_entry(
+        &self,
+        who: Option<&crate::policy::identity::Identity>,
+        operation: &str,
+    ) -> crate::audit::AuditEntry {
+        let mut e = crate::audit::AuditEntry::by(who, operation);
+        e.profile = self.profile.name().to_owned();
+        e.names = crate::requests::spec::name_list(&self.names);
+        e.serial = self.serial_hex.clone();
+        e.tbs_sha256 = self.tbs_sha256.clone();
+        e.key_label = self.key_label.clone();
+        e.outcome = "issued".into();
+        e
+    }
+
     /// The certificate's record, owned by `owner`. `fingerprint` tells a
     /// request_id retry from a different request ("" without request_id).
     pub fn to_record(&self, owner: &Peer, fingerprint: String) -> Record {
@@ -124,6 +155,8 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 }
 
 pub struct Issuer<S> {
+    /// The token key's label, for the audit log.
+    key_label: String,
     signer: Arc<S>,
     ca: Arc<CaChain>,
     profiles: ProfilesConfig,
@@ -138,11 +171,18 @@ impl<S: DigestSigner> Issuer<S> {
         backdate: Duration,
     ) -> Self {
         Self {
+            key_label: String::new(),
             signer,
             ca,
             profiles,
             backdate,
         }
+    }
+
+    /// Names the token key in audit entries.
+    pub fn with_key_label(mut self, label: impl Into<String>) -> Self {
+        self.key_label = label.into();
+        self
     }
 
     pub fn ca(&self) -> &CaChain {
@@ -157,18 +197,55 @@ impl<S: DigestSigner> Issuer<S> {
     /// Validates `req` completely and decides every field of the
     /// certificate, without signing anything.
     pub fn check(&self, req: GenerateClientCertificateRequest) -> Result<Checked, IssueError> {
+        self.check_with(req, &|_, _| Ok(Gate::default()))
+    }
+
+    /// As [`Issuer::check`], under `policy` for `who`: the grant says which
+    /// rule allowed it (its rate and quota are the caller's to apply).
+    pub fn check_authorized(
+        &self,
+        req: GenerateClientCertificateRequest,
+        policy: &crate::policy::Policy,
+        who: &crate::policy::identity::Identity,
+    ) -> Result<(Checked, crate::policy::Grant), IssueError> {
+        let granted = std::sync::Mutex::new(None);
+        let checked = self.check_with(req, &|profile, names| {
+            let grant = policy.authorize(who, profile, names)?;
+            let gate = Gate {
+                max_duration: grant.max_duration,
+                permitted: Some(grant.permitted.clone()),
+            };
+            *granted.lock().unwrap_or_else(|p| p.into_inner()) = Some(grant);
+            Ok(gate)
+        })?;
+        let grant = granted
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| IssueError::Invalid("the request names nothing to authorise".into()))?;
+        Ok((checked, grant))
+    }
+
+    /// As [`Issuer::check`], with `gate` (the policy) judging the profile and
+    /// the names exactly as requested, before they are normalised; it may
+    /// cap the lifetime and constrain an intermediate.
+    pub fn check_with(
+        &self,
+        req: GenerateClientCertificateRequest,
+        gate: &dyn Fn(LeafProfile, &RawNames<'_>) -> Result<Gate, IssueError>,
+    ) -> Result<Checked, IssueError> {
         let request_id = check_request_id(&req.request_id)?;
         let profile = LeafProfile::parse(&req.profile).ok_or_else(|| {
             invalid(format!(
-                "profile {:?} is unknown; use \"client\" or \"server\"",
+                "profile {:?} is unknown; use \"client\", \"server\" or \"intermediate\"",
                 req.profile
             ))
         })?;
         let bounds = match profile {
             LeafProfile::Client => self.profiles.client,
             LeafProfile::Server => self.profiles.server,
+            LeafProfile::Intermediate => self.profiles.intermediate,
         };
-        let lifetime = check_duration(req.cert_duration.as_ref(), &bounds, profile)?;
+        let mut lifetime = check_duration(req.cert_duration.as_ref(), &bounds, profile)?;
         check_description(&req.description)?;
         check_tags(&req.tags)?;
 
@@ -176,6 +253,7 @@ impl<S: DigestSigner> Issuer<S> {
             && req.dns_names.is_empty()
             && req.uri_sans.is_empty()
             && req.ip_addresses.is_empty());
+        let gate_result: Option<Gate>;
         let (spki, names): (SubjectPublicKeyInfoOwned, Names) = match (
             req.public_key.trim().is_empty(),
             req.pem_csr.trim().is_empty(),
@@ -192,6 +270,15 @@ impl<S: DigestSigner> Issuer<S> {
             }
             (false, true) => {
                 let spki = subject_key::parse_public_key_pem(&req.public_key)?;
+                gate_result = Some(gate(
+                    profile,
+                    &RawNames {
+                        common_name: &req.common_name,
+                        dns: &req.dns_names,
+                        uris: &req.uri_sans,
+                        ips: &req.ip_addresses,
+                    },
+                )?);
                 let names = Names::parse(
                     &req.common_name,
                     &req.dns_names,
@@ -207,10 +294,23 @@ impl<S: DigestSigner> Issuer<S> {
                     ));
                 }
                 let verified = csr::parse_and_verify(&req.pem_csr)?;
+                gate_result = Some(gate(
+                    profile,
+                    &RawNames {
+                        common_name: &verified.common_name,
+                        dns: &verified.dns,
+                        uris: &verified.uris,
+                        ips: &verified.ips,
+                    },
+                )?);
                 let names = verified.names()?;
                 (verified.csr.info.public_key, names)
             }
         };
+        let gate_result = gate_result.unwrap_or_default();
+        if let Some(cap) = gate_result.max_duration {
+            lifetime = lifetime.min(cap);
+        }
         let kind = subject_key::check_subject_key(&spki)?;
         if names.is_empty() {
             return Err(invalid(
@@ -220,6 +320,11 @@ impl<S: DigestSigner> Issuer<S> {
         if names.has_wildcard() && profile != LeafProfile::Server {
             return Err(invalid(
                 "wildcard DNS names are only issued with the \"server\" profile",
+            ));
+        }
+        if profile == LeafProfile::Intermediate && names.common_name.is_none() {
+            return Err(invalid(
+                "an intermediate CA needs a subject: give it a common name",
             ));
         }
 
@@ -252,6 +357,9 @@ impl<S: DigestSigner> Issuer<S> {
             serial,
             not_before,
             not_after,
+            permitted: (profile == LeafProfile::Intermediate)
+                .then_some(gate_result.permitted)
+                .flatten(),
         };
         Ok(Checked {
             spec,
@@ -288,6 +396,9 @@ impl<S: DigestSigner> Issuer<S> {
         let pem_certificate = cert
             .to_pem(LineEnding::LF)
             .map_err(|e| BuildError::Encoding(e.to_string()))?;
+        let tbs_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            der::Encode::to_der(cert.tbs_certificate()).map_err(BuildError::from)?,
+        ));
         Ok(Issued {
             certificate_id: uuid::Uuid::new_v4().to_string(),
             pem_certificate,
@@ -301,6 +412,8 @@ impl<S: DigestSigner> Issuer<S> {
             description,
             tags,
             request_id,
+            tbs_sha256,
+            key_label: self.key_label.clone(),
         })
     }
 }

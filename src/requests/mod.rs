@@ -26,6 +26,7 @@ use crate::{
     issue::{IssueError, Issuer, certificate::BuildError, check_request_id},
     keyed_locks::KeyedLocks,
     peer::Peer,
+    policy::{Authorizer, PolicyError, over_quota},
     proto::{
         CertificateRequest, CertificateRequestSpec, CertificateRequestStatus,
         CreateCertificateRequestRequest, IssuedCertificate, certificate_request_status::State,
@@ -65,6 +66,7 @@ fn invalid(msg: impl Into<String>) -> RequestError {
 }
 
 pub struct Requests<S, St> {
+    auth: Arc<Authorizer>,
     issuer: Arc<Issuer<S>>,
     store: Arc<St>,
     crl: Arc<CrlPublisher<S, St>>,
@@ -134,6 +136,7 @@ fn passes(e: &IssueError) -> bool {
 
 impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
     pub fn new(
+        auth: Arc<Authorizer>,
         issuer: Arc<Issuer<S>>,
         store: Arc<St>,
         crl: Arc<CrlPublisher<S, St>>,
@@ -142,6 +145,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         backdate: Duration,
     ) -> Self {
         Self {
+            auth,
             issuer,
             store,
             crl,
@@ -156,8 +160,39 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
     }
 
-    /// The caller's request `id`; another caller's is NOT_FOUND too, so ids
-    /// cannot be probed.
+    pub async fn identify(&self, peer: &Peer) -> crate::policy::identity::Identity {
+        self.auth.identify(peer).await
+    }
+
+    pub fn auth(&self) -> &Authorizer {
+        &self.auth
+    }
+
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// The caller's request `id` (with `admin_too`, an administrator's:
+    /// anyone's); another caller's is NOT_FOUND too, so ids cannot be
+    /// probed.
+    async fn visible(
+        &self,
+        peer: Peer,
+        id: &str,
+        admin_too: bool,
+    ) -> Result<(RequestRow, CertificateRequest), RequestError> {
+        match self.store.get_request(id).await? {
+            Some(row)
+                if row.owner_uid == peer.uid || (admin_too && self.auth.is_admin(&peer).await) =>
+            {
+                let r = decode(&row)?;
+                Ok((row, r))
+            }
+            _ => Err(RequestError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// The caller's own request `id`.
     async fn owned(
         &self,
         peer: Peer,
@@ -200,7 +235,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 "spec.rotate_keys is set by RotateKeys on an existing request, not at creation",
             ));
         }
-        let checked = spec::check(&self.issuer, given)?;
+        let who = self.auth.identify(&peer).await;
+        let policy = self.auth.current();
+        policy.require_known(&who).map_err(IssueError::from)?;
         let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
         let _one_at_a_time = if request_id.is_empty() {
             None
@@ -222,8 +259,27 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                         "request_id {request_id} was already used for a different request; use a new request_id"
                     )));
                 }
-                // A retry: the request as it is now.
+                // A retry: the request as it is now, whatever the rate.
                 return decode(&row);
+            }
+        }
+        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
+        policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+        if grant.max_live.is_some() {
+            // Requests not yet issued for will each hold a certificate.
+            let pending = self
+                .store
+                .list_requests(RequestQuery {
+                    owner_uid: Some(peer.uid),
+                    state: Some(State::Pending as i32),
+                    after: None,
+                    limit: u32::try_from(grant.max_live.unwrap_or(0)).unwrap_or(u32::MAX),
+                })
+                .await?
+                .len() as u64;
+            let live = self.store.count_live(peer.uid, unix_now()).await? + pending;
+            if let Some(e) = over_quota(&who, &grant, live) {
+                return Err(IssueError::from(e).into());
             }
         }
         if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {
@@ -282,7 +338,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
     }
 
     pub async fn get(&self, peer: Peer, id: &str) -> Result<CertificateRequest, RequestError> {
-        Ok(self.owned(peer, id).await?.1)
+        Ok(self.visible(peer, id, true).await?.1)
     }
 
     /// The caller's requests, newest first: up to `limit` and whether more
@@ -300,7 +356,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             let rows = self
                 .store
                 .list_requests(RequestQuery {
-                    owner_uid: Some(peer.uid),
+                    owner_uid: (!self.auth.is_admin(&peer).await).then_some(peer.uid),
                     state: state.map(|s| s as i32),
                     after: after.clone(),
                     limit: limit + 1,
@@ -418,7 +474,13 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         if new == old {
             return Ok(r);
         }
-        let checked = spec::check(&self.issuer, &new)?;
+        let who = self.auth.identify(&peer).await;
+        let policy = self.auth.current();
+        let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who)?;
+        if csr_changed || state_of(&r) == State::Failed {
+            // This update signs again: it takes from the caller's rate.
+            policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+        }
         let mut new = checked.spec;
         if csr_changed {
             if old.rotate_keys {
@@ -476,7 +538,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         id: &str,
     ) -> Result<CertificateRequest, RequestError> {
         let _locked = self.ids.lock(id.to_owned()).await;
-        let (row, mut r) = self.owned(peer, id).await?;
+        let (row, mut r) = self.visible(peer, id, true).await?;
         if state_of(&r) == State::Failed {
             return Err(RequestError::Precondition(format!(
                 "certificate request {id} has FAILED, so it has no certificate whose key could rotate; \
@@ -502,8 +564,16 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
     }
 
     pub async fn delete(&self, peer: Peer, id: &str) -> Result<(), RequestError> {
+        let who = self.auth.identify(&peer).await;
+        if !self.auth.current().is_admin(&who) {
+            return Err(IssueError::from(PolicyError::Denied(format!(
+                "deleting a certificate request is for administrators, and {} is not one",
+                who.describe()
+            )))
+            .into());
+        }
         let _locked = self.ids.lock(id.to_owned()).await;
-        let (_, r) = self.owned(peer, id).await?;
+        let (_, r) = self.visible(peer, id, true).await?;
         let serials: Vec<String> = r
             .status
             .as_ref()
@@ -536,7 +606,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
 
     pub async fn watch(&self, peer: Peer, id: &str) -> Result<WatchRequest, RequestError> {
         let _locked = self.ids.lock(id.to_owned()).await;
-        let (_, r) = self.owned(peer, id).await?;
+        let (_, r) = self.visible(peer, id, true).await?;
         Ok(self.hub.subscribe(r))
     }
 
@@ -603,8 +673,22 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
 
         let spec = r.spec.clone().unwrap_or_default();
-        let outcome = match self.issuer.check(spec::issue_request(&spec)) {
-            Ok(checked) => self.issuer.sign(checked).await,
+        // The policy in force now decides, for the owner as the user
+        // database knows it now.
+        let who = self
+            .auth
+            .identify(&Peer {
+                uid: row.owner_uid,
+                gid: row.owner_gid,
+                pid: None,
+            })
+            .await;
+        let policy = self.auth.current();
+        let outcome = match self
+            .issuer
+            .check_authorized(spec::issue_request(&spec), &policy, &who)
+        {
+            Ok((checked, _)) => self.issuer.sign(checked).await,
             Err(e) => Err(e),
         };
         let mut issued = match outcome {
@@ -622,6 +706,18 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             }
             Err(e) => {
                 tracing::warn!(id, error = %e, "certificate request failed");
+                let mut entry = crate::audit::AuditEntry::by(
+                    Some(&who),
+                    if renewal {
+                        "renewal"
+                    } else {
+                        "certificate request"
+                    },
+                );
+                entry.profile = spec.profile.clone();
+                entry.names = row.names_key.split('\n').map(str::to_owned).collect();
+                entry.outcome = format!("refused: {e}");
+                self.store.audit(entry).await?;
                 let status = r.status.get_or_insert_default();
                 status.state = State::Failed as i32;
                 status.error = format!("{e}; update the request to fix this");
@@ -632,6 +728,17 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         };
 
         issued.tags = BTreeMap::from([(REQUEST_TAG.to_owned(), id.to_owned())]);
+        // The token has signed: that is on the record before anything else.
+        self.store
+            .audit(issued.audit_entry(
+                Some(&who),
+                if renewal {
+                    "renewal"
+                } else {
+                    "certificate request"
+                },
+            ))
+            .await?;
         let owner = Peer {
             uid: row.owner_uid,
             gid: row.owner_gid,
@@ -684,7 +791,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                     time: now,
                     reason: SUPERSEDED,
                 }),
-                renewal_at: renewal.then_some(now),
+                // Re-issues count towards the names' limit too, so that
+                // alternating CSRs cannot sign without bound.
+                renewal_at: (renewal || revoked > 0).then_some(now),
             })
             .await?;
         if !found {

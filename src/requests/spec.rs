@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     issue::{IssueError, Issuer, check_tags},
     names::Names,
+    policy::{Grant, Policy, identity::Identity},
     proto::{CertificateRequestSpec, GenerateClientCertificateRequest},
     signing::DigestSigner,
 };
@@ -37,12 +38,14 @@ pub fn issue_request(spec: &CertificateRequestSpec) -> GenerateClientCertificate
     }
 }
 
-/// Checks `spec` as the issuer would check a one-shot request from it, and
-/// its labels as tags.
+/// Checks `spec` as the issuer would check a one-shot request from it under
+/// `policy` for `who`, and its labels as tags.
 pub fn check<S: DigestSigner>(
     issuer: &Issuer<S>,
     spec: &CertificateRequestSpec,
-) -> Result<CheckedSpec, IssueError> {
+    policy: &Policy,
+    who: &Identity,
+) -> Result<(CheckedSpec, Grant), IssueError> {
     if spec.pem_csr.trim().is_empty() {
         return Err(IssueError::Invalid(
             "spec.pem_csr is required: a certificate request carries a PKCS#10 CSR".into(),
@@ -54,7 +57,7 @@ pub fn check<S: DigestSigner>(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     check_tags(&labels).map_err(|e| IssueError::Invalid(format!("labels: {e}")))?;
-    let checked = issuer.check(issue_request(spec))?;
+    let (checked, grant) = issuer.check_authorized(issue_request(spec), policy, who)?;
     let spki = checked
         .spec
         .spki
@@ -69,13 +72,16 @@ pub fn check<S: DigestSigner>(
     let mut spec = spec.clone();
     spec.profile = checked.spec.profile.name().to_owned();
     spec.auto_renew = Some(spec.auto_renew.unwrap_or(true));
-    Ok(CheckedSpec {
-        spec,
-        spki,
-        names: checked.names,
-        names_key,
-        dup_key,
-    })
+    Ok((
+        CheckedSpec {
+            spec,
+            spki,
+            names: checked.names,
+            names_key,
+            dup_key,
+        },
+        grant,
+    ))
 }
 
 /// Every name as `TYPE:value`, in a fixed order: the same set of names

@@ -11,15 +11,13 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::{
-    bounds::ConnInfo,
-    records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-};
+use super::{bounds::ConnInfo, records};
 pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
     issue::{Issuer, check_description, check_request_id, check_tags},
     keyed_locks::KeyedLocks,
+    policy::{Authorizer, over_quota},
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
         GetCaCertificatesRequest, GetCaCertificatesResponse, GetClientCertificateRequest,
@@ -52,6 +50,7 @@ pub struct CaService<S, St> {
     store: Arc<St>,
     crl: Arc<CrlPublisher<S, St>>,
     retention: Duration,
+    auth: Arc<Authorizer>,
     /// Serialises requests that share one (caller, request_id), so two
     /// concurrent retries produce one certificate.
     locks: KeyedLocks<(u32, String)>,
@@ -63,12 +62,14 @@ impl<S, St> CaService<S, St> {
         store: Arc<St>,
         crl: Arc<CrlPublisher<S, St>>,
         retention: Duration,
+        auth: Arc<Authorizer>,
     ) -> Self {
         Self {
             issuer,
             store,
             crl,
             retention,
+            auth,
             locks: KeyedLocks::default(),
         }
     }
@@ -79,16 +80,65 @@ fn unix_us(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// The names a one-shot request asks for, as given (a CSR's are inside it).
+fn request_names(req: &GenerateClientCertificateRequest) -> Vec<String> {
+    let mut names = Vec::new();
+    if !req.common_name.is_empty() {
+        names.push(format!("CN:{}", req.common_name));
+    }
+    names.extend(req.dns_names.iter().map(|n| format!("DNS:{n}")));
+    names.extend(req.uri_sans.iter().map(|n| format!("URI:{n}")));
+    names.extend(req.ip_addresses.iter().map(|n| format!("IP:{n}")));
+    names.truncate(100);
+    names
+}
+
+/// Records a refused request in the audit log (best effort: a refusal is
+/// never turned into a different error by a store that is down, and a
+/// caller refused many times a second gets a few records and a count).
+pub async fn audit_refusal<St: Store>(
+    store: &St,
+    auth: &Authorizer,
+    who: &crate::policy::identity::Identity,
+    operation: &str,
+    profile: &str,
+    names: Vec<String>,
+    status: &Status,
+) {
+    let Some(skipped) = auth.audit_refusal_of(who.uid) else {
+        return;
+    };
+    let mut e = crate::audit::AuditEntry::by(Some(who), operation);
+    e.profile = profile.chars().take(64).collect();
+    e.names = names
+        .into_iter()
+        .map(|n| n.chars().take(300).collect())
+        .collect();
+    let message: String = status.message().chars().take(500).collect();
+    e.outcome = format!(
+        "refused: {}: {message}",
+        crate::cli::client::code_name(status.code())
+    );
+    if skipped > 0 {
+        e.outcome.push_str(&format!(
+            " ({skipped} earlier refusals were not recorded: over the audit rate)"
+        ));
+    }
+    if let Err(err) = store.audit(e).await {
+        tracing::warn!(error = %err, "could not record a refusal in the audit log");
+    }
+}
+
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("no certificate {id:?}"))
 }
 
 impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
-    /// The caller's record `id`; another caller's record is NOT_FOUND too,
-    /// so ids cannot be probed.
+    /// The caller's record `id` (an administrator's: anyone's); another
+    /// caller's record is NOT_FOUND too, so ids cannot be probed.
     async fn owned(&self, peer: Peer, id: &str) -> Result<Record, Status> {
         match self.store.get(id).await? {
-            Some(rec) if rec.owner_uid == peer.uid => Ok(rec),
+            Some(rec) if rec.owner_uid == peer.uid || self.auth.is_admin(&peer).await => Ok(rec),
             _ => Err(not_found(id)),
         }
     }
@@ -98,6 +148,8 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         peer: Peer,
         req: GenerateClientCertificateRequest,
     ) -> Result<ClientCertificate, Status> {
+        let who = self.auth.identify(&peer).await;
+        self.auth.current().require_known(&who)?;
         let request_id = check_request_id(&req.request_id).map_err(Status::from)?;
         if request_id.is_empty() {
             return self.issue_and_record(peer, req, String::new()).await;
@@ -128,24 +180,44 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         req: GenerateClientCertificateRequest,
         fingerprint: String,
     ) -> Result<ClientCertificate, Status> {
-        let issued = self.issuer.issue(req).await?;
+        let who = self.auth.identify(&peer).await;
+        let policy = self.auth.current();
+        let (checked, grant) = self.issuer.check_authorized(req, &policy, &who)?;
+        policy.check_rate(&grant, &who)?;
+        let _reserved = self.auth.reserve(peer.uid);
+        if grant.max_live.is_some() {
+            let live =
+                self.store.count_live(peer.uid, unix_now()).await? + self.auth.in_flight(peer.uid);
+            if let Some(e) = over_quota(&who, &grant, live) {
+                return Err(e.into());
+            }
+        }
+        let issued = self.issuer.sign(checked).await?;
+        let audit = issued.audit_entry(Some(&who), "GenerateClientCertificate");
         let mut record = issued.to_record(&peer, fingerprint);
         // The reply is the record as Get would show it, kept byte for byte
         // for request_id replays.
         let reply = records::to_reply(&record, self.issuer.ca(), unix_now());
         record.reply = reply.encode_to_vec();
-        match self.store.insert(record.clone()).await {
+        match self
+            .store
+            .insert_audited(record.clone(), Some(audit.clone()))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Duplicate) if !record.request_id.is_empty() => {
                 // An expired request_id still holds the index: free it, once.
                 let cutoff = unix_us(SystemTime::now() - self.retention);
                 self.store.expire_request_ids(cutoff).await?;
-                self.store.insert(record).await?;
+                self.store.insert_audited(record, Some(audit)).await?;
             }
             Err(e) => return Err(e.into()),
         }
         tracing::info!(
             uid = peer.uid, gid = peer.gid, pid = peer.pid,
+            user = who.user.as_deref().unwrap_or("-"),
+            exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
+            rule = %grant.rule,
             id = %issued.certificate_id,
             serial = %issued.serial_hex,
             subject = %issued.subject,
@@ -165,6 +237,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let peer = peer(&req)?;
         let req = req.into_inner();
         let profile = req.profile.clone();
+        let names = request_names(&req);
         match self.generate(peer, req).await {
             Ok(r) => {
                 crate::metrics::metrics().count_issue(&profile, Ok(()));
@@ -172,8 +245,21 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
             }
             Err(status) => {
                 crate::metrics::metrics().count_issue(&profile, Err(status.code()));
+                let who = self.auth.identify(&peer).await;
+                audit_refusal(
+                    self.store.as_ref(),
+                    &self.auth,
+                    &who,
+                    "GenerateClientCertificate",
+                    &profile,
+                    names,
+                    &status,
+                )
+                .await;
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
+                    user = who.user.as_deref().unwrap_or("-"),
+                    exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
                     profile = %profile,
                     code = ?status.code(),
                     reason = status.message(),
@@ -215,24 +301,14 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
     ) -> Result<Response<ListClientCertificatesResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(records::decode_page_token(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is malformed; pass next_page_token from the previous reply unchanged")
-            })?)
-        };
+        let (limit, after) = records::page(req.page_size, &req.page_token)?;
         let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let now = unix_now();
+        let owner_uid = (!self.auth.is_admin(&peer).await).then_some(peer.uid);
         let mut recs = self
             .store
             .list(ListQuery {
-                owner_uid: Some(peer.uid),
+                owner_uid,
                 state: filter.state,
                 tags: filter.tags,
                 after,
@@ -264,6 +340,17 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let current = self.owned(peer, &req.certificate_id).await?;
         if let Some(d) = &req.description {
             check_description(d).map_err(Status::from)?;
+        }
+        // hsmca's own tags (the certificate request a certificate belongs
+        // to) are neither set nor removed by clients.
+        if let Some(k) = req.tags.keys().find(|k| {
+            k.to_ascii_lowercase()
+                .starts_with(crate::issue::RESERVED_TAG_PREFIX)
+        }) {
+            return Err(Status::invalid_argument(format!(
+                "tag key {k:?} uses the reserved prefix {:?}",
+                crate::issue::RESERVED_TAG_PREFIX
+            )));
         }
         // Validate the tags as they will be after the merge.
         let mut merged: BTreeMap<String, String> = current.tags.clone();
@@ -318,6 +405,12 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
             ))
         })?;
         let rec = self.owned(peer, &req.certificate_id).await?;
+        if let Some(request) = rec.tags.get(crate::requests::REQUEST_TAG) {
+            return Err(Status::failed_precondition(format!(
+                "certificate {} belongs to certificate request {request}: update the request with a new CSR to replace it, or delete the request to revoke it",
+                rec.id
+            )));
+        }
         if rec.revoked.is_none() {
             self.store
                 .revoke(

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::{
     issue::{IssueError, certificate::BuildError},
+    policy::PolicyError,
     requests::RequestError,
     signing::SignError,
     store::StoreError,
@@ -19,6 +20,7 @@ impl From<IssueError> for Status {
             | IssueError::Csr(_)
             | IssueError::Name(_) => Status::invalid_argument(e.to_string()),
             IssueError::Precondition(m) => Status::failed_precondition(m),
+            IssueError::Policy(p) => p.into(),
             IssueError::Build(BuildError::Sign(SignError::Token(t))) => token_status(t),
             IssueError::Build(other) => {
                 tracing::error!(error = %other, "certificate building failed");
@@ -44,6 +46,15 @@ impl From<StoreError> for Status {
                 tracing::error!(error = %m, "corrupt record");
                 Status::internal("a stored record could not be read; see the daemon's log")
             }
+        }
+    }
+}
+
+impl From<PolicyError> for Status {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Denied(m) => Status::permission_denied(m),
+            PolicyError::RateLimited(m) | PolicyError::Quota(m) => Status::resource_exhausted(m),
         }
     }
 }

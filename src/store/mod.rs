@@ -10,6 +10,8 @@ pub mod sql;
 
 use std::{collections::BTreeMap, future::Future};
 
+use crate::audit::{AuditEntry, AuditRow};
+
 /// A certificate record. Times are Unix seconds, except `create_time_us`
 /// (microseconds: the listing order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +150,23 @@ pub enum StoreError {
 
 pub trait Store: Send + Sync + 'static {
     /// Commits `record` durably; concurrent inserts may share one commit.
-    fn insert(&self, record: Record) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert(&self, record: Record) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.insert_audited(record, None)
+    }
+    /// Commits `record` and its audit entry in one transaction.
+    fn insert_audited(
+        &self,
+        record: Record,
+        audit: Option<AuditEntry>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Appends to the audit log (durably, before returning).
+    fn audit(&self, entry: AuditEntry) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Audit records after `after_seq`, in order.
+    fn audit_log(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRow>, StoreError>> + Send;
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
     /// The record of `owner_uid`'s `request_id` created at or after `since_us`.
     fn by_request_id(
@@ -161,6 +179,12 @@ pub trait Store: Send + Sync + 'static {
     fn expire_request_ids(
         &self,
         before_us: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Unrevoked certificates of `owner_uid` that have not expired by `now`.
+    fn count_live(
+        &self,
+        owner_uid: u32,
+        now: i64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn list(&self, q: ListQuery) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send;
     /// Sets the description (when `Some`) and merges `tags` (an empty value

@@ -14,6 +14,7 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::audit::{AuditEntry, AuditRow};
 
 mod requests;
 
@@ -89,6 +90,17 @@ CREATE TABLE renewals (
 CREATE INDEX renewals_names ON renewals (names_key, time);
 ";
 
+/// Quotas count live certificates per owner; the audit log is a hash chain.
+const MIGRATION_3: &str = "
+CREATE INDEX certificates_live ON certificates (owner_uid, expire_time) WHERE revoke_time IS NULL;
+CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY,
+    entry TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+";
+
 const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns_names, uri_sans, \
     ip_addresses, profile, not_before, expire_time, create_time, request_id, fingerprint, \
     description, tags, revoke_time, revoke_reason, pem, reply";
@@ -96,8 +108,11 @@ const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns
 /// Most inserts one commit takes.
 const MAX_BATCH: usize = 512;
 
+/// One job for the writer: a certificate record, an audit entry, or both
+/// (committed together).
 struct Pending {
-    record: Record,
+    record: Option<Record>,
+    audit: Option<AuditEntry>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -170,37 +185,58 @@ impl SqlStore {
                 sqlx::SqlSafeStr::into_sql_str(MIGRATION_2),
                 false,
             ),
+            Migration::new(
+                3,
+                "live-certificate index and audit log".into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(MIGRATION_3),
+                false,
+            ),
         ]);
         migrator.run(&pool).await.map_err(unavailable)?;
+        // One writer per store: it holds the audit chain's head. (Several
+        // daemons sharing one database would need the head read under a
+        // lock in each transaction; the embedded SQLite store has one.)
+        let head = audit_head(&pool).await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(pool.clone(), rx));
+        tokio::spawn(writer(pool.clone(), rx, head));
         Ok(Self { pool, writer: tx })
     }
 }
 
-async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>) {
+/// The group-commit writer. It alone appends to the audit log, so the hash
+/// chain has one head: `head` is the last committed (seq, hash).
+async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>, mut head: (i64, String)) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let m = crate::metrics::metrics();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
-        let result = insert_batch(&pool, batch.iter().map(|p| &p.record)).await;
+        let result = insert_batch(&pool, batch.iter(), &head).await;
         match result {
-            Ok(()) => {
+            Ok(new_head) => {
+                head = new_head;
                 m.store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                m.store_commit_records.inc_by(batch.len() as u64);
+                // Certificate records; audit-only jobs are not counted.
+                m.store_commit_records
+                    .inc_by(batch.iter().filter(|p| p.record.is_some()).count() as u64);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Ok(()));
                 }
             }
             Err(_) if batch.len() > 1 => {
+                // The commit may have failed after all or part of it landed
+                // (or another writer appended): take the head from the store.
+                head = audit_head(&pool).await.unwrap_or(head);
                 // One bad record must not fail its neighbours: retry alone.
                 for p in batch.drain(..) {
-                    let r = insert_batch(&pool, std::iter::once(&p.record)).await;
+                    let r = insert_batch(&pool, std::iter::once(&p), &head).await;
+                    let r = r.map(|new_head| head = new_head);
                     let _ = p.done.send(r);
                 }
             }
             Err(e) => {
+                head = audit_head(&pool).await.unwrap_or(head);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(e.clone()));
                 }
@@ -209,15 +245,57 @@ async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// The audit log's last (seq, hash), or the genesis head when it is empty.
+async fn audit_head(pool: &AnyPool) -> Result<(i64, String), StoreError> {
+    match sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(map_err)?
+    {
+        Some(row) => Ok((
+            row.try_get::<i64, _>("seq")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            row.try_get::<String, _>("hash")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )),
+        None => Ok((0, crate::audit::GENESIS.to_owned())),
+    }
+}
+
+/// Commits the jobs' records and audit entries in one transaction; returns
+/// the audit log's new head.
 async fn insert_batch<'a>(
     pool: &AnyPool,
-    records: impl Iterator<Item = &'a Record>,
-) -> Result<(), StoreError> {
+    jobs: impl Iterator<Item = &'a Pending>,
+    head: &(i64, String),
+) -> Result<(i64, String), StoreError> {
     let mut tx: Transaction<'_, Any> = pool.begin().await.map_err(map_err)?;
-    for r in records {
-        insert_record(&mut tx, r).await?;
+    let (mut seq, mut hash) = head.clone();
+    for job in jobs {
+        if let Some(r) = &job.record {
+            insert_record(&mut tx, r).await?;
+        }
+        if let Some(entry) = &job.audit {
+            let text = serde_json::to_string(entry)
+                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+            let next = crate::audit::chain_hash(&hash, &text);
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(seq)
+            .bind(&text)
+            .bind(&hash)
+            .bind(&next)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            tracing::info!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
+            hash = next;
+        }
     }
-    tx.commit().await.map_err(map_err)
+    tx.commit().await.map_err(map_err)?;
+    Ok((seq, hash))
 }
 
 /// Inserts one certificate record inside `tx`.
@@ -323,14 +401,38 @@ fn record(row: &AnyRow) -> Result<Record, StoreError> {
 }
 
 impl Store for SqlStore {
-    async fn insert(&self, record: Record) -> Result<(), StoreError> {
-        let (done, rx) = oneshot::channel();
-        self.writer
-            .send(Pending { record, done })
-            .await
-            .map_err(|_| unavailable("the store writer has stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the store writer has stopped"))?
+    async fn insert_audited(
+        &self,
+        record: Record,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(Some(record), audit).await
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.write(None, Some(entry)).await
+    }
+
+    async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let c = |e: sqlx::Error| StoreError::Corrupt(format!("audit log: {e}"));
+                Ok(AuditRow {
+                    seq: r.try_get("seq").map_err(c)?,
+                    entry: r.try_get("entry").map_err(c)?,
+                    prev_hash: r.try_get("prev_hash").map_err(c)?,
+                    hash: r.try_get("hash").map_err(c)?,
+                })
+            })
+            .collect()
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
@@ -371,6 +473,22 @@ impl Store for SqlStore {
         .await
         .map_err(map_err)?;
         Ok(r.rows_affected())
+    }
+
+    async fn count_live(&self, owner_uid: u32, now: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM certificates \
+             WHERE owner_uid = $1 AND revoke_time IS NULL AND expire_time > $2",
+        )
+        .bind(i64::from(owner_uid))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(row
+            .try_get::<i64, _>("n")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .max(0) as u64)
     }
 
     async fn list(&self, q: ListQuery) -> Result<Vec<Record>, StoreError> {
@@ -603,6 +721,26 @@ impl Store for SqlStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)
+    }
+}
+
+impl SqlStore {
+    async fn write(
+        &self,
+        record: Option<Record>,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.writer
+            .send(Pending {
+                record,
+                audit,
+                done,
+            })
+            .await
+            .map_err(|_| unavailable("the store writer has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the store writer has stopped"))?
     }
 }
 

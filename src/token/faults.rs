@@ -15,8 +15,12 @@
 //! ```text
 //! fault sign SESSION_HANDLE_INVALID count=1   # the next C_Sign fails once
 //! fault * DEVICE_ERROR for=3s                 # every call fails for 3 s
+//! stall sign 30s count=100                    # the next 100 C_Sign hang 30 s first
 //! reset-sessions                              # kill every real session once
 //! ```
+//!
+//! `stall` makes the call wait before it is made (a wedged token, for the
+//! systemd watchdog); it then runs normally.
 //!
 //! `reset-sessions` makes SoftHSM2 itself invalidate every session under the
 //! signing threads and log the application out: the state C_CloseAllSessions
@@ -100,11 +104,17 @@ fn parse_rv(s: &str) -> Option<RvError> {
     })
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action {
+    Fail(RvError),
+    Stall(Duration),
+}
+
 #[derive(Debug)]
 struct Rule {
     /// `None`: every call.
     op: Option<Op>,
-    rv: RvError,
+    action: Action,
     remaining: Option<u32>,
     until: Option<Instant>,
 }
@@ -175,15 +185,25 @@ impl FaultInjector {
             return Ok(());
         }
         let now = Instant::now();
-        let mut plan = self.lock();
-        self.reload(&mut plan, now);
-        for rule in &mut plan.rules {
-            if rule.fires(op, now) {
-                tracing::warn!(?op, rv = %rule.rv, "test hook: injecting a PKCS#11 error");
-                return Err(CkError::Pkcs11(rule.rv, op.function()));
+        let action = {
+            let mut plan = self.lock();
+            self.reload(&mut plan, now);
+            plan.rules
+                .iter_mut()
+                .find_map(|rule| rule.fires(op, now).then_some(rule.action))
+        };
+        match action {
+            None => Ok(()),
+            Some(Action::Fail(rv)) => {
+                tracing::warn!(?op, %rv, "test hook: injecting a PKCS#11 error");
+                Err(CkError::Pkcs11(rv, op.function()))
+            }
+            Some(Action::Stall(d)) => {
+                tracing::warn!(?op, stall = ?d, "test hook: stalling a PKCS#11 call");
+                std::thread::sleep(d);
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// True once for each `reset-sessions` in a newly loaded plan.
@@ -241,11 +261,13 @@ fn parse(text: &str, now: Instant) -> (Vec<Rule>, bool) {
 
 fn parse_rule(line: &str, now: Instant) -> Option<Rule> {
     let mut words = line.split_whitespace();
-    if words.next()? != "fault" {
-        return None;
-    }
+    let kind = words.next()?;
     let op = Op::parse(words.next()?)?;
-    let rv = parse_rv(words.next()?)?;
+    let action = match kind {
+        "fault" => Action::Fail(parse_rv(words.next()?)?),
+        "stall" => Action::Stall(humantime::parse_duration(words.next()?).ok()?),
+        _ => return None,
+    };
     let (mut remaining, mut until) = (None, None);
     for w in words {
         match w.split_once('=')? {
@@ -259,7 +281,7 @@ fn parse_rule(line: &str, now: Instant) -> Option<Rule> {
     }
     Some(Rule {
         op,
-        rv,
+        action,
         remaining,
         until,
     })
@@ -292,6 +314,10 @@ mod tests {
         assert!(rules[1].fires(Op::Login, now + Duration::from_secs(2)));
         assert!(!rules[1].fires(Op::Sign, now + Duration::from_secs(3)));
         assert!(parse_rule("fault sign NOT_A_CKR", now).is_none());
+        let stall = parse_rule("stall sign 2s count=3", now).unwrap();
+        assert_eq!(stall.action, Action::Stall(Duration::from_secs(2)));
+        assert_eq!(stall.remaining, Some(3));
+        assert!(parse_rule("stall sign soon", now).is_none());
         assert!(parse_rule("fault sign DEVICE_ERROR count=x", now).is_none());
     }
 

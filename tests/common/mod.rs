@@ -130,6 +130,42 @@ impl Ca {
             .to_string()
     }
 
+    /// Appends TOML (policy rules, usually) to the daemon's config; takes
+    /// effect at the next start or SIGHUP.
+    pub fn append_config(&self, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.config())
+            .unwrap();
+        writeln!(f, "\n{toml}").unwrap();
+    }
+
+    /// Replaces the development policy setup.sh wrote with `toml` (rules).
+    pub fn set_policy(&self, toml: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let cut = text
+            .find("\n# Who may have which certificates")
+            .expect("setup.sh's policy section");
+        std::fs::write(
+            self.config(),
+            format!(
+                "{}\n# Who may have which certificates (set by the test)\n{toml}\n",
+                &text[..cut]
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Makes uid 0 (the tests) an administrator.
+    pub fn make_root_admin(&self) {
+        self.append_config(
+            "[[policy.rules]]\nname = \"test administrator\"\nuids = [0]\nadmin = true\n\
+             profiles = [\"client\", \"server\", \"intermediate\"]\ndns = [\"**\"]\n\
+             uris = [\"**\"]\nips = [\"**\"]\ncommon_names = [\"**\"]\n",
+        );
+    }
+
     /// An `hsmca` command with this CA's environment.
     pub fn hsmca(&self) -> Command {
         let mut c = Command::new(HSMCA);
