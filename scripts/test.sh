@@ -6,7 +6,10 @@
 # Usage: scripts/test.sh [ARGS...]    ARGS are passed on to "cargo test"
 #
 # Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
-# cargo test --all-targets ARGS. Exits non-zero on any failure.
+# cargo test --all-targets ARGS; then every fuzz target for
+# HSMCA_FUZZ_SECONDS each (default 20; 0 only replays the committed seed
+# corpus) through scripts/fuzz.sh, which installs cargo-fuzz when missing.
+# Exits non-zero on any failure.
 #
 # Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python for the tests.
 set -euo pipefail
@@ -64,8 +67,9 @@ missing=()
 for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd; do
     pkg_installed "$p" || missing+=("$p")
 done
-# The Rust toolchain needs a C compiler/linker.
+# The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # setup.sh types the PINs into softhsm2-util through script(1).
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 if ((${#missing[@]})); then
@@ -127,5 +131,14 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets $*"
 cargo test --all-targets "$@"
+
+fuzz_secs=${HSMCA_FUZZ_SECONDS:-20}
+if [[ $fuzz_secs == 0 ]]; then
+    step "fuzz targets: replaying the seed corpus (scripts/fuzz.sh --replay)"
+    scripts/fuzz.sh --replay
+else
+    step "fuzz targets: ${fuzz_secs}s each (scripts/fuzz.sh $fuzz_secs)"
+    scripts/fuzz.sh "$fuzz_secs"
+fi
 
 step "all checks passed"

@@ -57,7 +57,50 @@ pub struct Config {
     #[serde(default)]
     pub requests: RequestsConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub policy: PolicyConfig,
+}
+
+/// The Prometheus endpoint: `GET /metrics` on a Unix socket of its own
+/// (and optionally a TCP address).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// The metrics socket; unset means `hsmca-metrics.sock` next to
+    /// `server.socket`.
+    pub socket: Option<PathBuf>,
+    /// Octal permission bits of the metrics socket file.
+    pub socket_mode: String,
+    /// Also serve on this TCP address, e.g. "127.0.0.1:9464" (off unless
+    /// set).
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: None,
+            socket_mode: "0660".into(),
+            listen: None,
+        }
+    }
+}
+
+impl Config {
+    /// Where the metrics socket is, when the endpoint is enabled.
+    pub fn metrics_socket(&self) -> Option<PathBuf> {
+        if !self.metrics.enabled {
+            return None;
+        }
+        Some(match &self.metrics.socket {
+            Some(p) => p.clone(),
+            None => self.server.socket.with_file_name("hsmca-metrics.sock"),
+        })
+    }
 }
 
 /// Who may have which certificates. Default deny: a caller no rule matches
@@ -195,6 +238,27 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before giving up.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls, including Watch streams) per
+    /// connection.
+    pub max_concurrent_streams: u32,
+    /// A call must be answered within this (a stream: its first response
+    /// headers), else DEADLINE_EXCEEDED.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A new connection must send the HTTP/2 preface within this.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection with no call in progress for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval on every connection, and how long to wait for
+    /// the answer before closing it (a dead peer).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -204,12 +268,37 @@ impl Default for ServerConfig {
             socket_mode: "0660".into(),
             max_request_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            request_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
 
 impl ServerConfig {
     /// The socket mode as permission bits (validated at load time).
+    pub fn socket_mode_bits(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+
+    pub fn limits(&self) -> crate::server::bounds::Limits {
+        crate::server::bounds::Limits {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+        }
+    }
+}
+
+impl MetricsConfig {
     pub fn socket_mode_bits(&self) -> u32 {
         parse_mode(&self.socket_mode).unwrap_or(0o660)
     }
@@ -593,6 +682,58 @@ impl Config {
         if self.server.socket.as_os_str().is_empty() {
             return Err(invalid("server.socket", "must not be empty"));
         }
+        let s = &self.server;
+        if !(1..=65_536).contains(&s.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                "must be between 1 and 65536",
+            ));
+        }
+        if !(1..=65_536).contains(&s.max_concurrent_streams) {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be between 1 and 65536",
+            ));
+        }
+        for (key, d, min) in [
+            ("server.request_timeout", s.request_timeout, 100),
+            ("server.handshake_timeout", s.handshake_timeout, 100),
+            ("server.idle_timeout", s.idle_timeout, 1000),
+            ("server.keepalive_interval", s.keepalive_interval, 1000),
+            ("server.keepalive_timeout", s.keepalive_timeout, 1000),
+        ] {
+            if d < Duration::from_millis(min) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at least {}",
+                        humantime::format_duration(Duration::from_millis(min))
+                    ),
+                ));
+            }
+        }
+        if parse_mode(&self.metrics.socket_mode).is_none() {
+            return Err(invalid(
+                "metrics.socket_mode",
+                format!(
+                    "{:?} is not an octal permission mode like \"0660\"",
+                    self.metrics.socket_mode
+                ),
+            ));
+        }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{l:?} is not an address and port like \"127.0.0.1:9464\""),
+            ));
+        }
+        if self.metrics.enabled
+            && self.metrics_socket().as_deref() == Some(self.server.socket.as_path())
+        {
+            return Err(invalid("metrics.socket", "must differ from server.socket"));
+        }
         self.token.locator()?;
         if !(1..=64).contains(&self.token.sessions) {
             return Err(invalid("token.sessions", "must be between 1 and 64"));
@@ -718,6 +859,15 @@ certificate = "/tmp/ca.pem"
         assert_eq!(c.ca.backdate, Duration::from_secs(60));
         assert_eq!(c.ca.digest(), DigestAlg::Sha256);
         assert_eq!(c.token.sessions, 2);
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.server.max_concurrent_streams, 256);
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.metrics_socket(),
+            Some(PathBuf::from("/run/hsmca/hsmca-metrics.sock"))
+        );
+        assert!(c.metrics.listen.is_none());
     }
 
     #[test]
@@ -757,6 +907,14 @@ certificate = "/tmp/ca.pem"
             ("HSMCA_CA__RSA_PADDING", "pss", "ca.rsa_padding"),
             ("HSMCA_CA__SUBJECT", "not a name", "ca.subject"),
             ("HSMCA_TOKEN__KEY_ID", "zz", "token.key_id"),
+            (
+                "HSMCA_SERVER__MAX_CONNECTIONS",
+                "0",
+                "server.max_connections",
+            ),
+            ("HSMCA_SERVER__IDLE_TIMEOUT", "10ms", "server.idle_timeout"),
+            ("HSMCA_METRICS__LISTEN", "localhost", "metrics.listen"),
+            ("HSMCA_METRICS__SOCKET_MODE", "x", "metrics.socket_mode"),
         ];
         for (k, v, key) in cases {
             let err = load(MINIMAL, &[(k, v)]).unwrap_err().to_string();

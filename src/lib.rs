@@ -13,6 +13,7 @@ pub mod config;
 pub mod crl;
 pub mod issue;
 pub mod keyed_locks;
+pub mod metrics;
 pub mod names;
 pub mod peer;
 pub mod pin;

@@ -399,6 +399,10 @@ async fn an_intermediate_is_bound_by_its_rules_names() {
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     assert!(text.contains("X509v3 Name Constraints: critical"), "{text}");
     assert!(text.contains("DNS:mesh.example"), "{text}");
+    // No e-mail address may be signed, and leaves are for client auth only
+    // (the rule's profiles).
+    assert!(text.contains("email:hsmca.invalid"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
     let chain = ca
         .client()
         .await
@@ -629,4 +633,30 @@ async fn sighup_reloads_the_policy_under_load() {
     }
     assert!(done.load(Ordering::Relaxed) > 0);
     assert!(ca.is_running());
+}
+
+#[test]
+fn a_bad_rule_stops_start_up_naming_its_key() {
+    for (rule, key) in [
+        (
+            "[[policy.rules]]\nname = \"x\"\nuids = [0]\ndns = [\"a.*.example\"]\n",
+            "policy.rules[0].dns[0]",
+        ),
+        (
+            "[[policy.rules]]\nname = \"x\"\nuids = [0]\nips = [\"10.0.0.0/33\"]\n",
+            "policy.rules[0].ips[0]",
+        ),
+        (
+            "[[policy.rules]]\nname = \"x\"\nuids = [0]\ndsn = [\"a.example\"]\n",
+            "dsn",
+        ),
+    ] {
+        let ca = Ca::new("p256");
+        ca.set_policy(rule);
+        let out = run(ca.hsmca().args(["serve", "--config"]).arg(ca.config()));
+        assert!(!out.status.success(), "{rule}");
+        let err = stderr(&out);
+        assert!(err.contains(key), "{rule}: {err}");
+        assert!(!ca.socket().exists());
+    }
 }

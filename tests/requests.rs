@@ -886,6 +886,9 @@ async fn a_thousand_watchers_and_ten_thousand_dropped_streams() {
     drop(watchers);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kib(ca.pid());
+    eprintln!(
+        "daemon RSS: {rss_before} KiB with 1,000 watchers, {rss_after} KiB after 10,000 dropped streams"
+    );
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
@@ -990,6 +993,10 @@ async fn cli_sidecar_keeps_a_valid_pair_through_renewals() {
     assert!(
         seen.len() >= 3,
         "only {} certificates seen in {checks} reads",
+        seen.len()
+    );
+    eprintln!(
+        "{checks} openssl reads of the pair, all valid, across {} certificates",
         seen.len()
     );
 

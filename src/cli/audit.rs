@@ -45,8 +45,18 @@ pub struct VerifyArgs {
     pub config: PathBuf,
 }
 
+/// The daemon's store; refuses a state directory without one rather than
+/// creating an empty store that would verify as "intact".
 async fn open(config: &std::path::Path) -> CliResult<SqlStore> {
     let cfg = Config::load(config)?;
+    let db = cfg.state.dir.join("hsmca.db");
+    if !db.is_file() {
+        return Err(format!(
+            "no store at {} (is state.dir right, and has the daemon run?)",
+            db.display()
+        )
+        .into());
+    }
     Ok(SqlStore::open_sqlite(&cfg.state.dir).await?)
 }
 

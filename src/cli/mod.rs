@@ -1,7 +1,7 @@
 //! The `hsmca` command line: `serve` and `init` run next to the token;
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
-//! clients of a running daemon's socket; `bench` sets up its own token and
-//! daemon and measures them.
+//! clients of a running daemon's socket; `status` reads its metrics socket;
+//! `bench` sets up its own token and daemon and measures them.
 
 pub mod audit;
 pub mod client;
@@ -9,6 +9,7 @@ pub mod init;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,9 @@ pub enum Command {
     /// Certificate requests: CSRs the daemon keeps issued and renewed.
     #[command(subcommand)]
     Request(requests::RequestCommand),
+    /// Summarise the daemon's metrics: token, issued and refused
+    /// certificates, signer queue, latencies.
+    Status(status::StatusArgs),
     /// The audit log: every signature and every refusal, hash-chained.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -159,6 +163,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Revoke(args) => records::revoke(args).await,
         Command::Crl(args) => records::crl(args).await,
         Command::Request(cmd) => requests::run(cmd).await,
+        Command::Status(args) => status::status(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,

@@ -13,6 +13,7 @@ use crate::{
     config::{Config, LogFormat},
     crl::CrlPublisher,
     issue::Issuer,
+    metrics::{self, http::MetricsListener},
     policy::{Authorizer, Policy},
     requests::Requests,
     server::{
@@ -20,7 +21,7 @@ use crate::{
         inflight::InFlight,
         requests::RequestsService,
         service::CaService,
-        socket::{self, Activated, BoundSocket},
+        socket::{self, Activated, BoundSocket, SocketFile},
     },
     signing::{DigestSigner, SignError, SignatureScheme},
     store::sql::SqlStore,
@@ -324,7 +325,11 @@ async fn serve_with(
         max_request_bytes: cfg.server.max_request_bytes,
         in_flight: in_flight.clone(),
         token_state: Some(token_state),
+        limits: cfg.server.limits(),
     };
+    raise_fd_limit(cfg.server.max_connections);
+    // The metrics endpoint; its socket file is removed when this returns.
+    let (metrics_task, _metrics_file) = start_metrics(cfg, requests.clone()).await?;
     let requests = RequestsService::new(requests);
     let mut server = tokio::spawn(server::run(service, requests, listener, opts, async {
         let _ = stop_rx.await;
@@ -384,5 +389,65 @@ async fn serve_with(
     }
     refresher.abort();
     worker.abort_all();
+    metrics_task.abort();
     Ok(())
+}
+
+/// Binds the metrics listeners and serves them in a task of their own.
+async fn start_metrics<S: DigestSigner + 'static>(
+    cfg: &Config,
+    requests: Arc<Requests<S, SqlStore>>,
+) -> CliResult<(tokio::task::JoinHandle<()>, Option<SocketFile>)> {
+    let m = metrics::metrics();
+    m.mark_started();
+    let mut listeners = Vec::new();
+    let mut file = None;
+    if let Some(path) = cfg.metrics_socket() {
+        let bound = BoundSocket::bind(&path, cfg.metrics.socket_mode_bits())
+            .map_err(|e| format!("metrics.socket: {e}"))?;
+        let (l, f) = bound.into_parts();
+        listeners.push(MetricsListener::Unix(l));
+        file = Some(f);
+        tracing::info!(socket = %path.display(), "metrics endpoint");
+    }
+    if let Some(addr) = &cfg.metrics.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("metrics.listen: cannot bind {addr}: {e}"))?;
+        listeners.push(MetricsListener::Tcp(l));
+        tracing::info!(address = %addr, "metrics endpoint (TCP)");
+    }
+    let refresh: metrics::http::Refresh = Arc::new(move || {
+        metrics::metrics().watchers.set(requests.watched() as i64);
+    });
+    let task = tokio::spawn(metrics::http::serve(
+        listeners,
+        refresh,
+        std::future::pending(),
+    ));
+    Ok((task, file))
+}
+
+/// Every connection is a descriptor: raise the soft limit to the hard one
+/// so that `server.max_connections` fits, and say so when it does not.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    // Room for the store, the token, the listeners and the logs.
+    if let Some(soft) = soft
+        && soft < max_connections as u64 + 64
+    {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit is below server.max_connections + 64; connections beyond it fail to be accepted (raise LimitNOFILE)"
+        );
+    }
 }

@@ -193,7 +193,8 @@ impl BuilderProfile for Fixed {
 }
 
 /// NameConstraints (critical, permitted subtrees only) from what a policy
-/// rule allows. A name type the rule allows nothing of gets a subtree no
+/// rule allows: its DNS names, URI hosts, IP networks and exact common names
+/// (as `CN=…` directoryName subtrees), and no e-mail address. A name type the rule allows nothing of gets a subtree no
 /// real name falls in (`hsmca.invalid`, a /32 and /128 host), so the
 /// intermediate cannot sign that type at all; a type the rule allows
 /// entirely (`**`) is left unconstrained.
@@ -205,6 +206,25 @@ fn name_constraints(p: &crate::policy::Permitted) -> Result<Option<NameConstrain
         maximum: None,
     };
     let mut subtrees = Vec::new();
+    // The policy never grants e-mail addresses.
+    subtrees.push(subtree(GeneralName::Rfc822Name(der::asn1::Ia5String::new(
+        NOTHING,
+    )?)));
+    if let Some(cns) = &p.common_names {
+        let cns: Vec<&str> = if cns.is_empty() {
+            vec![NOTHING]
+        } else {
+            cns.iter().map(String::as_str).collect()
+        };
+        for cn in cns {
+            let name = crate::names::Names {
+                common_name: Some(cn.to_owned()),
+                ..Default::default()
+            }
+            .subject()?;
+            subtrees.push(subtree(GeneralName::DirectoryName(name)));
+        }
+    }
     if let Some(dns) = &p.dns {
         let hosts: Vec<&str> = if dns.is_empty() {
             vec![NOTHING]
@@ -319,7 +339,22 @@ pub async fn build_leaf<S: DigestSigner>(
             &subject,
             &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
         )?,
-        LeafProfile::Intermediate => {}
+        LeafProfile::Intermediate => {
+            // The purposes its leaves may have: those the granting rule
+            // allows (an EKU in a CA certificate constrains the chain).
+            let mut ekus = Vec::new();
+            if let Some(p) = &spec.permitted {
+                if p.client {
+                    ekus.push(ID_KP_CLIENT_AUTH);
+                }
+                if p.server {
+                    ekus.push(ID_KP_SERVER_AUTH);
+                }
+            }
+            if !ekus.is_empty() {
+                push(&mut exts, &subject, &ExtendedKeyUsage(ekus))?;
+            }
+        }
     }
     push(
         &mut exts,

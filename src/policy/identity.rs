@@ -40,7 +40,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn resolve(&self, peer: &Peer) -> Identity {
+    /// The identity of `peer`, looked up off the async runtime (NSS may
+    /// sit on a network) unless cached.
+    pub async fn resolve(&self, peer: &Peer) -> Identity {
         let key = (peer.uid, peer.gid, peer.pid);
         let now = Instant::now();
         if let Ok(cache) = self.cache.lock()
@@ -49,7 +51,22 @@ impl Resolver {
         {
             return id.clone();
         }
-        let id = lookup(peer);
+        let p = *peer;
+        let id = match tokio::task::spawn_blocking(move || lookup(&p)).await {
+            Ok(id) => id,
+            // The lookup panicked: the kernel's ids alone, not cached.
+            Err(_) => {
+                return Identity {
+                    uid: peer.uid,
+                    gid: peer.gid,
+                    pid: peer.pid,
+                    user: None,
+                    group: None,
+                    groups: Vec::new(),
+                    exe: None,
+                };
+            }
+        };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX {
                 cache.clear();

@@ -73,6 +73,12 @@ pub struct Permitted {
     /// `None`: any URI; otherwise the hosts URIs may name.
     pub uri_hosts: Option<Vec<String>>,
     pub ips: Option<Vec<IpNet>>,
+    /// `None`: any subject; otherwise the exact common names leaves may
+    /// carry (an empty list: none).
+    pub common_names: Option<Vec<String>>,
+    /// Whether leaves may be client and/or server certificates.
+    pub client: bool,
+    pub server: bool,
 }
 
 /// A granted request: which rule, and what it caps.
@@ -162,19 +168,44 @@ impl Policy {
             }
             let limiter = match r.rate {
                 None => None,
-                Some(rate) if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) => {
-                    return Err(bad(i, "rate", "must be between 0 and 1000000 per second"));
+                Some(rate) if !(rate.is_finite() && (1e-6..=1e6).contains(&rate)) => {
+                    return Err(bad(
+                        i,
+                        "rate",
+                        "must be between 0.000001 and 1000000 requests per second",
+                    ));
                 }
                 Some(rate) => {
-                    let burst = r.burst.unwrap_or(rate.ceil() as u32).max(1);
-                    let burst = NonZeroU32::new(burst)
+                    let burst = NonZeroU32::new(r.burst.unwrap_or(rate.ceil() as u32))
                         .ok_or_else(|| bad(i, "burst", "must be at least 1"))?;
-                    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+                    let period = Duration::try_from_secs_f64(1.0 / rate)
+                        .map_err(|_| bad(i, "rate", "is out of range"))?;
+                    let quota = Quota::with_period(period)
                         .ok_or_else(|| bad(i, "rate", "is too high"))?
                         .allow_burst(burst);
                     Some(Arc::new(RateLimiter::keyed(quota)))
                 }
             };
+            if r.profiles.iter().any(|p| p == "intermediate") {
+                // RFC 5280 constrains a URI by its host only: a rule whose
+                // URIs are narrower than a whole host could not keep its
+                // intermediates within them.
+                for (j, u) in r.uris.iter().enumerate() {
+                    let host_wide = u == "**"
+                        || u.split_once("://").is_some_and(|(_, rest)| {
+                            matches!(rest.split_once('/'), None | Some((_, "**")))
+                        });
+                    if !host_wide {
+                        return Err(bad(
+                            i,
+                            &format!("uris[{j}]"),
+                            format!(
+                                "{u:?} limits the path, which an intermediate's name constraints cannot enforce (RFC 5280 constrains URI hosts only); in a rule with the intermediate profile use host-wide patterns like \"spiffe://example.org/**\""
+                            ),
+                        ));
+                    }
+                }
+            }
             if r.max_duration.is_some_and(|d| d.is_zero()) {
                 return Err(bad(i, "max_duration", "must be positive"));
             }
@@ -314,6 +345,15 @@ pub struct Authorizer {
     policy: RwLock<Arc<Policy>>,
     resolver: identity::Resolver,
     in_flight: Mutex<HashMap<u32, u64>>,
+    /// Refusals recorded in the audit log, per caller.
+    refusals: Limiter,
+    refusals_skipped: std::sync::atomic::AtomicU64,
+}
+
+/// Refusals recorded per caller: 5 a second, 50 at once.
+fn refusal_quota() -> Quota {
+    Quota::per_second(NonZeroU32::MIN.saturating_add(4))
+        .allow_burst(NonZeroU32::MIN.saturating_add(49))
 }
 
 impl Authorizer {
@@ -322,6 +362,8 @@ impl Authorizer {
             policy: RwLock::new(Arc::new(policy)),
             resolver: identity::Resolver::default(),
             in_flight: Mutex::new(HashMap::new()),
+            refusals: RateLimiter::keyed(refusal_quota()),
+            refusals_skipped: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -338,8 +380,31 @@ impl Authorizer {
         *slot = Arc::new(policy);
     }
 
-    pub fn identify(&self, peer: &Peer) -> Identity {
-        self.resolver.resolve(peer)
+    pub async fn identify(&self, peer: &Peer) -> Identity {
+        self.resolver.resolve(peer).await
+    }
+
+    /// Whether `peer` is an administrator under the policy in force.
+    pub async fn is_admin(&self, peer: &Peer) -> bool {
+        let who = self.identify(peer).await;
+        self.current().is_admin(&who)
+    }
+
+    /// Whether a refusal of `uid` goes into the audit log: at most a few a
+    /// second per caller, so that a caller hammering the socket cannot fill
+    /// the disk. Returns how many refusals were left out since the last one
+    /// recorded, or `None` to leave this one out too.
+    pub fn audit_refusal_of(&self, uid: u32) -> Option<u64> {
+        if self.refusals.check_key(&uid).is_ok() {
+            Some(
+                self.refusals_skipped
+                    .swap(0, std::sync::atomic::Ordering::Relaxed),
+            )
+        } else {
+            self.refusals_skipped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
     }
 
     /// Counts one issuance for `uid` until the guard is dropped.
@@ -406,6 +471,18 @@ impl Rule {
         })
     }
 
+    /// A common name that is a DNS name a specific pattern allows. `**` does
+    /// not count here: "any DNS name" must not become "any common name"
+    /// (`CN=postgres` is a database user, not a host), and a wildcard common
+    /// name never matches.
+    fn cn_is_allowed_dns_name(&self, who: &Identity, cn: &str) -> bool {
+        self.cfg
+            .dns
+            .iter()
+            .filter(|p| *p != "**")
+            .any(|p| substitute(p, who).is_some_and(|p| dns_matches(&p, cn, false)))
+    }
+
     /// The first of `names` this rule does not allow.
     fn first_disallowed(&self, who: &Identity, names: &RawNames<'_>) -> Option<String> {
         let c = &self.cfg;
@@ -415,7 +492,7 @@ impl Rule {
                 .common_names
                 .iter()
                 .any(|p| substitute(p, who).is_some_and(|p| cn_matches(&p, cn)))
-            && !self.dns_ok(who, cn)
+            && !self.cn_is_allowed_dns_name(who, cn)
         {
             return Some(cn.to_owned());
         }
@@ -479,6 +556,14 @@ impl Rule {
                 dns,
                 uri_hosts,
                 ips: (!c.ips.iter().any(|p| p == "**")).then(|| self.ips.clone()),
+                common_names: (!c.common_names.iter().any(|p| p == "**")).then(|| {
+                    c.common_names
+                        .iter()
+                        .filter_map(|p| substitute(p, who))
+                        .collect()
+                }),
+                client: self.profiles.contains(&LeafProfile::Client),
+                server: self.profiles.contains(&LeafProfile::Server),
             },
             limiter: self.limiter.clone(),
         }
@@ -632,6 +717,25 @@ common_names = ["**"]
             .unwrap();
         assert_eq!(g.permitted.dns, None);
         assert_eq!(g.permitted.uri_hosts, Some(vec![]));
+    }
+
+    #[test]
+    fn any_dns_name_is_not_any_common_name() {
+        let p = rule(
+            "[[rules]]\nname = \"r\"\neveryone = true\ncommon_names = [\"{user}\"]\ndns = [\"**\", \"*.svc.example\"]\n",
+        );
+        let alice = who(1000, "alice", &[(100, "web")]);
+        let none: [String; 0] = [];
+        for (cn, ok) in [
+            ("alice", true),
+            ("api.svc.example", true),
+            ("postgres", false),
+            ("Example Root CA", false),
+            ("*.svc.example", false),
+        ] {
+            let r = p.authorize(&alice, LeafProfile::Client, &names(cn, &none, &none, &none));
+            assert_eq!(r.is_ok(), ok, "{cn}");
+        }
     }
 
     #[test]

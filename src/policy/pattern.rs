@@ -25,17 +25,19 @@ pub fn substitute(pattern: &str, who: &Identity) -> Option<String> {
             && v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
+    // Values are used as they are, never case-folded: `Alice` and `alice`
+    // are different users, and must not share names.
     let mut out = pattern.to_owned();
     if out.contains("{uid}") {
         out = out.replace("{uid}", &who.uid.to_string());
     }
     if out.contains("{user}") {
         let user = who.user.as_deref().filter(|u| safe(u))?;
-        out = out.replace("{user}", &user.to_ascii_lowercase());
+        out = out.replace("{user}", user);
     }
     if out.contains("{group}") {
         let group = who.group.as_deref().filter(|g| safe(g))?;
-        out = out.replace("{group}", &group.to_ascii_lowercase());
+        out = out.replace("{group}", group);
     }
     Some(out)
 }
@@ -299,9 +301,12 @@ mod tests {
         assert!(!ip_matches(&net, "::ffff:10.1.2.3"));
         assert!(!ip_matches(&net, "010.1.2.3"));
         assert_eq!(
-            substitute("spiffe://e.org/ns/{user}/{uid}/*", &who(Some("Alice"))).unwrap(),
+            substitute("spiffe://e.org/ns/{user}/{uid}/*", &who(Some("alice"))).unwrap(),
             "spiffe://e.org/ns/alice/1000/*"
         );
+        // Not folded: a DNS pattern with `Alice` matches nothing.
+        let upper = substitute("{user}.users.example", &who(Some("Alice"))).unwrap();
+        assert!(!dns_matches(&upper, "alice.users.example", false));
         assert_eq!(substitute("{user}.users.example", &who(None)), None);
         assert_eq!(substitute("{user}.x", &who(Some("a.b"))), None);
         assert_eq!(substitute("{group}.x", &who(None)).unwrap(), "web.x");

@@ -160,16 +160,16 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
     }
 
-    pub fn identify(&self, peer: &Peer) -> crate::policy::identity::Identity {
-        self.auth.identify(peer)
+    pub async fn identify(&self, peer: &Peer) -> crate::policy::identity::Identity {
+        self.auth.identify(peer).await
+    }
+
+    pub fn auth(&self) -> &Authorizer {
+        &self.auth
     }
 
     pub fn store(&self) -> &St {
         &self.store
-    }
-
-    fn is_admin(&self, peer: Peer) -> bool {
-        self.auth.current().is_admin(&self.auth.identify(&peer))
     }
 
     /// The caller's request `id` (with `admin_too`, an administrator's:
@@ -182,7 +182,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         admin_too: bool,
     ) -> Result<(RequestRow, CertificateRequest), RequestError> {
         match self.store.get_request(id).await? {
-            Some(row) if row.owner_uid == peer.uid || (admin_too && self.is_admin(peer)) => {
+            Some(row)
+                if row.owner_uid == peer.uid || (admin_too && self.auth.is_admin(&peer).await) =>
+            {
                 let r = decode(&row)?;
                 Ok((row, r))
             }
@@ -233,17 +235,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 "spec.rotate_keys is set by RotateKeys on an existing request, not at creation",
             ));
         }
-        let who = self.auth.identify(&peer);
+        let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
         policy.require_known(&who).map_err(IssueError::from)?;
-        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
-        policy.check_rate(&grant, &who).map_err(IssueError::from)?;
-        if grant.max_live.is_some() {
-            let live = self.store.count_live(peer.uid, unix_now()).await?;
-            if let Some(e) = over_quota(&who, &grant, live) {
-                return Err(IssueError::from(e).into());
-            }
-        }
         let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
         let _one_at_a_time = if request_id.is_empty() {
             None
@@ -265,8 +259,27 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                         "request_id {request_id} was already used for a different request; use a new request_id"
                     )));
                 }
-                // A retry: the request as it is now.
+                // A retry: the request as it is now, whatever the rate.
                 return decode(&row);
+            }
+        }
+        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
+        policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+        if grant.max_live.is_some() {
+            // Requests not yet issued for will each hold a certificate.
+            let pending = self
+                .store
+                .list_requests(RequestQuery {
+                    owner_uid: Some(peer.uid),
+                    state: Some(State::Pending as i32),
+                    after: None,
+                    limit: u32::try_from(grant.max_live.unwrap_or(0)).unwrap_or(u32::MAX),
+                })
+                .await?
+                .len() as u64;
+            let live = self.store.count_live(peer.uid, unix_now()).await? + pending;
+            if let Some(e) = over_quota(&who, &grant, live) {
+                return Err(IssueError::from(e).into());
             }
         }
         if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {
@@ -343,7 +356,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             let rows = self
                 .store
                 .list_requests(RequestQuery {
-                    owner_uid: (!self.is_admin(peer)).then_some(peer.uid),
+                    owner_uid: (!self.auth.is_admin(&peer).await).then_some(peer.uid),
                     state: state.map(|s| s as i32),
                     after: after.clone(),
                     limit: limit + 1,
@@ -461,8 +474,13 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         if new == old {
             return Ok(r);
         }
-        let who = self.auth.identify(&peer);
-        let (checked, _) = spec::check(&self.issuer, &new, &self.auth.current(), &who)?;
+        let who = self.auth.identify(&peer).await;
+        let policy = self.auth.current();
+        let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who)?;
+        if csr_changed || state_of(&r) == State::Failed {
+            // This update signs again: it takes from the caller's rate.
+            policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+        }
         let mut new = checked.spec;
         if csr_changed {
             if old.rotate_keys {
@@ -546,7 +564,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
     }
 
     pub async fn delete(&self, peer: Peer, id: &str) -> Result<(), RequestError> {
-        let who = self.auth.identify(&peer);
+        let who = self.auth.identify(&peer).await;
         if !self.auth.current().is_admin(&who) {
             return Err(IssueError::from(PolicyError::Denied(format!(
                 "deleting a certificate request is for administrators, and {} is not one",
@@ -657,11 +675,14 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         let spec = r.spec.clone().unwrap_or_default();
         // The policy in force now decides, for the owner as the user
         // database knows it now.
-        let who = crate::policy::identity::lookup(&Peer {
-            uid: row.owner_uid,
-            gid: row.owner_gid,
-            pid: None,
-        });
+        let who = self
+            .auth
+            .identify(&Peer {
+                uid: row.owner_uid,
+                gid: row.owner_gid,
+                pid: None,
+            })
+            .await;
         let policy = self.auth.current();
         let outcome = match self
             .issuer
@@ -770,7 +791,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                     time: now,
                     reason: SUPERSEDED,
                 }),
-                renewal_at: renewal.then_some(now),
+                // Re-issues count towards the names' limit too, so that
+                // alternating CSRs cannot sign without bound.
+                renewal_at: (renewal || revoked > 0).then_some(now),
             })
             .await?;
         if !found {

@@ -3,6 +3,7 @@
 //! hand it their own.
 
 pub mod authority;
+pub mod bounds;
 pub mod health;
 pub mod inflight;
 pub mod records;
@@ -11,13 +12,11 @@ pub mod service;
 pub mod socket;
 pub mod status;
 
-use std::{future::Future, io};
+use std::future::Future;
 
-use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
+use tokio::net::UnixListener;
 use tonic::transport::Server;
 
-use self::authority::AuthorityFix;
 use crate::{
     proto::{
         FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer,
@@ -40,6 +39,8 @@ pub struct ServeOptions {
     pub in_flight: inflight::InFlight,
     /// The signer's token state; health follows it when given.
     pub token_state: Option<tokio::sync::watch::Receiver<crate::token::pool::TokenState>>,
+    /// Connections, streams, deadlines: see [`bounds`].
+    pub limits: bounds::Limits,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -87,7 +88,11 @@ where
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let in_flight = opts.in_flight.clone();
+    let limits = opts.limits;
     let served = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(tower::util::MapFutureLayer::new(move |fut| {
             let guard = in_flight.enter();
             async move {
@@ -96,6 +101,7 @@ where
                 r
             }
         }))
+        .layer(bounds::BoundsLayer::new(limits.request_timeout))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
             status::rewrite_oversize(resp, limit)
         }))
@@ -104,17 +110,11 @@ where
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(bounds::incoming(listener, limits), shutdown)
         .await;
     if let Some(f) = follower {
         f.abort();
     }
     served?;
     Ok(())
-}
-
-/// Accepted connections, each behind [`authority::AuthorityFix`] so that
-/// clients sending their socket path as `:authority` are served.
-fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<AuthorityFix<UnixStream>>> {
-    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new))
 }

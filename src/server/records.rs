@@ -54,6 +54,32 @@ pub fn to_reply(rec: &Record, ca: &CaChain, now: i64) -> ClientCertificate {
     }
 }
 
+/// A list call's page size (0: the default; capped) and keyset cursor.
+pub fn page(
+    page_size: i32,
+    page_token: &str,
+) -> Result<(u32, Option<(i64, String)>), tonic::Status> {
+    let limit = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n < 0 => {
+            return Err(tonic::Status::invalid_argument(
+                "page_size must not be negative",
+            ));
+        }
+        n => (n as u32).min(MAX_PAGE_SIZE),
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        Some(decode_page_token(page_token).ok_or_else(|| {
+            tonic::Status::invalid_argument(
+                "page_token is malformed; pass next_page_token from the previous reply unchanged",
+            )
+        })?)
+    };
+    Ok((limit, after))
+}
+
 pub fn encode_page_token(create_time_us: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{create_time_us}:{id}"))
 }

@@ -5,10 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-    service::peer,
-};
+use super::{records, service::peer};
 use crate::{
     proto::{
         CertificateRequest, CreateCertificateRequestRequest, DeleteCertificateRequestRequest,
@@ -36,7 +33,7 @@ impl<S, St> RequestsService<S, St> {
 type Filter = (Option<State>, Vec<(String, String)>);
 
 /// `state=PENDING|FINISHED|FAILED` and `label:KEY=VALUE` terms.
-fn parse_filter(s: &str) -> Result<Filter, String> {
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
     let mut state = None;
     let mut labels = Vec::new();
     for (word, value) in records::parse_terms(s, "state=FINISHED or label:KEY=VALUE")? {
@@ -83,9 +80,10 @@ impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsServi
             Ok(r) => Ok(Response::new(r)),
             Err(e) => {
                 let status = Status::from(e);
-                let who = self.requests.identify(&peer);
+                let who = self.requests.identify(&peer).await;
                 super::service::audit_refusal(
                     self.requests.store(),
+                    self.requests.auth(),
                     &who,
                     "CreateCertificateRequest",
                     &profile,
@@ -120,20 +118,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsServi
     ) -> Result<Response<ListCertificateRequestsResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(records::decode_page_token(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument(
-                    "page_token is malformed; pass next_page_token from the previous reply unchanged",
-                )
-            })?)
-        };
+        let (limit, after) = records::page(req.page_size, &req.page_token)?;
         let (state, labels) = parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let (page, more) = self
             .requests

@@ -11,7 +11,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::records::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::{bounds::ConnInfo, records};
 pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
@@ -30,8 +30,10 @@ use crate::{
 };
 
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
-    req.extensions()
-        .get::<UdsConnectInfo>()
+    let ext = req.extensions();
+    ext.get::<ConnInfo>()
+        .map(|c| &c.uds)
+        .or_else(|| ext.get::<UdsConnectInfo>())
         .and_then(|info| info.peer_cred)
         .map(|c| Peer {
             uid: c.uid(),
@@ -92,15 +94,20 @@ fn request_names(req: &GenerateClientCertificateRequest) -> Vec<String> {
 }
 
 /// Records a refused request in the audit log (best effort: a refusal is
-/// never turned into a different error by a store that is down).
+/// never turned into a different error by a store that is down, and a
+/// caller refused many times a second gets a few records and a count).
 pub async fn audit_refusal<St: Store>(
     store: &St,
+    auth: &Authorizer,
     who: &crate::policy::identity::Identity,
     operation: &str,
     profile: &str,
     names: Vec<String>,
     status: &Status,
 ) {
+    let Some(skipped) = auth.audit_refusal_of(who.uid) else {
+        return;
+    };
     let mut e = crate::audit::AuditEntry::by(Some(who), operation);
     e.profile = profile.chars().take(64).collect();
     e.names = names
@@ -112,6 +119,11 @@ pub async fn audit_refusal<St: Store>(
         "refused: {}: {message}",
         crate::cli::client::code_name(status.code())
     );
+    if skipped > 0 {
+        e.outcome.push_str(&format!(
+            " ({skipped} earlier refusals were not recorded: over the audit rate)"
+        ));
+    }
     if let Err(err) = store.audit(e).await {
         tracing::warn!(error = %err, "could not record a refusal in the audit log");
     }
@@ -126,13 +138,9 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
     /// caller's record is NOT_FOUND too, so ids cannot be probed.
     async fn owned(&self, peer: Peer, id: &str) -> Result<Record, Status> {
         match self.store.get(id).await? {
-            Some(rec) if rec.owner_uid == peer.uid || self.is_admin(peer) => Ok(rec),
+            Some(rec) if rec.owner_uid == peer.uid || self.auth.is_admin(&peer).await => Ok(rec),
             _ => Err(not_found(id)),
         }
-    }
-
-    fn is_admin(&self, peer: Peer) -> bool {
-        self.auth.current().is_admin(&self.auth.identify(&peer))
     }
 
     async fn generate(
@@ -140,7 +148,7 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         peer: Peer,
         req: GenerateClientCertificateRequest,
     ) -> Result<ClientCertificate, Status> {
-        let who = self.auth.identify(&peer);
+        let who = self.auth.identify(&peer).await;
         self.auth.current().require_known(&who)?;
         let request_id = check_request_id(&req.request_id).map_err(Status::from)?;
         if request_id.is_empty() {
@@ -172,7 +180,7 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         req: GenerateClientCertificateRequest,
         fingerprint: String,
     ) -> Result<ClientCertificate, Status> {
-        let who = self.auth.identify(&peer);
+        let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
         let (checked, grant) = self.issuer.check_authorized(req, &policy, &who)?;
         policy.check_rate(&grant, &who)?;
@@ -207,6 +215,9 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         }
         tracing::info!(
             uid = peer.uid, gid = peer.gid, pid = peer.pid,
+            user = who.user.as_deref().unwrap_or("-"),
+            exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
+            rule = %grant.rule,
             id = %issued.certificate_id,
             serial = %issued.serial_hex,
             subject = %issued.subject,
@@ -228,11 +239,16 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let profile = req.profile.clone();
         let names = request_names(&req);
         match self.generate(peer, req).await {
-            Ok(r) => Ok(Response::new(r)),
+            Ok(r) => {
+                crate::metrics::metrics().count_issue(&profile, Ok(()));
+                Ok(Response::new(r))
+            }
             Err(status) => {
-                let who = self.auth.identify(&peer);
+                crate::metrics::metrics().count_issue(&profile, Err(status.code()));
+                let who = self.auth.identify(&peer).await;
                 audit_refusal(
                     self.store.as_ref(),
+                    &self.auth,
                     &who,
                     "GenerateClientCertificate",
                     &profile,
@@ -242,6 +258,8 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
                 .await;
                 tracing::info!(
                     uid = peer.uid, gid = peer.gid, pid = peer.pid,
+                    user = who.user.as_deref().unwrap_or("-"),
+                    exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
                     profile = %profile,
                     code = ?status.code(),
                     reason = status.message(),
@@ -283,21 +301,10 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
     ) -> Result<Response<ListClientCertificatesResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(records::decode_page_token(&req.page_token).ok_or_else(|| {
-                Status::invalid_argument("page_token is malformed; pass next_page_token from the previous reply unchanged")
-            })?)
-        };
+        let (limit, after) = records::page(req.page_size, &req.page_token)?;
         let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let now = unix_now();
-        let owner_uid = (!self.is_admin(peer)).then_some(peer.uid);
+        let owner_uid = (!self.auth.is_admin(&peer).await).then_some(peer.uid);
         let mut recs = self
             .store
             .list(ListQuery {
@@ -333,6 +340,17 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let current = self.owned(peer, &req.certificate_id).await?;
         if let Some(d) = &req.description {
             check_description(d).map_err(Status::from)?;
+        }
+        // hsmca's own tags (the certificate request a certificate belongs
+        // to) are neither set nor removed by clients.
+        if let Some(k) = req.tags.keys().find(|k| {
+            k.to_ascii_lowercase()
+                .starts_with(crate::issue::RESERVED_TAG_PREFIX)
+        }) {
+            return Err(Status::invalid_argument(format!(
+                "tag key {k:?} uses the reserved prefix {:?}",
+                crate::issue::RESERVED_TAG_PREFIX
+            )));
         }
         // Validate the tags as they will be after the merge.
         let mut merged: BTreeMap<String, String> = current.tags.clone();
@@ -387,6 +405,12 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
             ))
         })?;
         let rec = self.owned(peer, &req.certificate_id).await?;
+        if let Some(request) = rec.tags.get(crate::requests::REQUEST_TAG) {
+            return Err(Status::failed_precondition(format!(
+                "certificate {} belongs to certificate request {request}: update the request with a new CSR to replace it, or delete the request to revoke it",
+                rec.id
+            )));
+        }
         if rec.revoked.is_none() {
             self.store
                 .revoke(

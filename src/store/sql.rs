@@ -194,19 +194,10 @@ impl SqlStore {
             ),
         ]);
         migrator.run(&pool).await.map_err(unavailable)?;
-        let head = match sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&pool)
-            .await
-            .map_err(map_err)?
-        {
-            Some(row) => (
-                row.try_get::<i64, _>("seq")
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                row.try_get::<String, _>("hash")
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
-            None => (0, crate::audit::GENESIS.to_owned()),
-        };
+        // One writer per store: it holds the audit chain's head. (Several
+        // daemons sharing one database would need the head read under a
+        // lock in each transaction; the embedded SQLite store has one.)
+        let head = audit_head(&pool).await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(writer(pool.clone(), rx, head));
         Ok(Self { pool, writer: tx })
@@ -217,16 +208,26 @@ impl SqlStore {
 /// chain has one head: `head` is the last committed (seq, hash).
 async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>, mut head: (i64, String)) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let m = crate::metrics::metrics();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = std::time::Instant::now();
         let result = insert_batch(&pool, batch.iter(), &head).await;
         match result {
             Ok(new_head) => {
                 head = new_head;
+                m.store_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                // Certificate records; audit-only jobs are not counted.
+                m.store_commit_records
+                    .inc_by(batch.iter().filter(|p| p.record.is_some()).count() as u64);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Ok(()));
                 }
             }
             Err(_) if batch.len() > 1 => {
+                // The commit may have failed after all or part of it landed
+                // (or another writer appended): take the head from the store.
+                head = audit_head(&pool).await.unwrap_or(head);
                 // One bad record must not fail its neighbours: retry alone.
                 for p in batch.drain(..) {
                     let r = insert_batch(&pool, std::iter::once(&p), &head).await;
@@ -235,11 +236,29 @@ async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>, mut head: (i64, 
                 }
             }
             Err(e) => {
+                head = audit_head(&pool).await.unwrap_or(head);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// The audit log's last (seq, hash), or the genesis head when it is empty.
+async fn audit_head(pool: &AnyPool) -> Result<(i64, String), StoreError> {
+    match sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(map_err)?
+    {
+        Some(row) => Ok((
+            row.try_get::<i64, _>("seq")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            row.try_get::<String, _>("hash")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )),
+        None => Ok((0, crate::audit::GENESIS.to_owned())),
     }
 }
 

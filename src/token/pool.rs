@@ -12,7 +12,7 @@
 //! input is safe: the caller builds and records one certificate from
 //! whichever signature comes back.
 
-use std::{sync::Mutex, thread::JoinHandle};
+use std::{sync::Mutex, thread::JoinHandle, time::Instant};
 
 use cryptoki::{
     error::Error as CkError,
@@ -32,7 +32,10 @@ use super::{
     faults::{FaultInjector, Op},
     supervisor::{self, Live, Shared},
 };
-use crate::signing::{DigestSigner, SignError, SignatureScheme};
+use crate::{
+    metrics::metrics,
+    signing::{DigestSigner, SignError, SignatureScheme},
+};
 
 struct Job {
     /// Exactly what C_Sign receives: a digest, or a DigestInfo around one.
@@ -108,6 +111,10 @@ impl SignerPool {
                 .map_err(|e| TokenError::Other(format!("cannot start signing thread: {e}")))?;
             workers.push(handle);
         }
+        let m = metrics();
+        m.signer_sessions.set(workers.len() as i64);
+        m.signer_queue_capacity.set(opts.queue_depth as i64);
+        m.token_ready.set(1);
         let sup = shared.clone();
         let supervisor = std::thread::Builder::new()
             .name("hsmca-token-recovery".into())
@@ -165,9 +172,15 @@ impl SignerPool {
             .clone()
             .ok_or(TokenError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        tx.try_send(Job { input, reply }).map_err(|e| match e {
-            flume::TrySendError::Full(_) => TokenError::Busy,
-            flume::TrySendError::Disconnected(_) => TokenError::Stopped,
+        // Counted before the send, so a worker's decrement never comes first.
+        let queued = &metrics().signer_queue;
+        queued.inc();
+        tx.try_send(Job { input, reply }).map_err(|e| {
+            queued.dec();
+            match e {
+                flume::TrySendError::Full(_) => TokenError::Busy,
+                flume::TrySendError::Disconnected(_) => TokenError::Stopped,
+            }
         })?;
         rx.await.map_err(|_| TokenError::Stopped)?
     }
@@ -238,12 +251,16 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, rx: flume::Receiver<Job>) {
+        let m = metrics();
         while let Ok(job) = rx.recv() {
+            m.signer_queue.dec();
             if job.reply.is_closed() {
                 // The caller is gone (deadline, disconnect): spend no signature.
                 continue;
             }
+            m.signer_busy.inc();
             let result = self.sign(&job.input);
+            m.signer_busy.dec();
             let _ = job.reply.send(result);
         }
         // Shutting down: close the session if it is still this library's.
@@ -342,7 +359,12 @@ impl Worker {
         };
         faults.check(Op::Sign)?;
         // Built per call: a Mechanism holds raw pointers and is not Send.
-        Ok(ws.session.sign(&mechanism(self.scheme), ws.key, input)?)
+        let started = Instant::now();
+        let signature = ws.session.sign(&mechanism(self.scheme), ws.key, input)?;
+        metrics()
+            .sign_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(signature)
     }
 
     /// Gives up this thread's session after a session-level fault. A handle

@@ -142,6 +142,9 @@ impl Shared {
             was_ready
         });
         if changed {
+            let m = crate::metrics::metrics();
+            m.token_ready.set(0);
+            m.token_faults.inc();
             tracing::error!(error = %what, "token unavailable; failing requests fast and reconnecting");
             let _ = self.wake.send(Wake::Fault);
         }
@@ -251,6 +254,9 @@ fn recover(shared: &Shared, wake: &flume::Receiver<Wake>) -> bool {
             Ok(()) => {
                 tracing::info!(attempt, "token reconnected; serving again");
                 shared.state.send_replace(TokenState::Ready);
+                let m = crate::metrics::metrics();
+                m.token_ready.set(1);
+                m.token_recoveries.inc();
                 // Faults reported while rebuilding are about the old token.
                 while let Ok(w) = wake.try_recv() {
                     if matches!(w, Wake::Stop) {
