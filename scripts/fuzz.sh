@@ -9,6 +9,8 @@
 # Environment: FUZZ_TARGETS="csr names"  a subset of targets;
 #              FUZZ_SANITIZER=address    (default none: several times faster;
 #                                        the code under test is safe Rust)
+#              FUZZ_PROFILE=dev          build without optimisations (CI: a
+#                                        much shorter build, fewer executions)
 #              FUZZ_RUNS=N               stop each target after N executions
 #                                        (SECONDS still caps it): e.g.
 #                                        FUZZ_RUNS=1000000 scripts/fuzz.sh 3600
@@ -53,6 +55,7 @@ sanitizer=${FUZZ_SANITIZER:-none}
 runs=()
 [[ -z ${FUZZ_RUNS:-} ]] || runs=(-runs="$FUZZ_RUNS")
 flags=(--sanitizer "$sanitizer" --debug-assertions --target-dir "$target_dir")
+[[ ${FUZZ_PROFILE:-release} != dev ]] || flags+=(--dev)
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then
     read -r -a targets <<<"$FUZZ_TARGETS"
