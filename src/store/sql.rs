@@ -396,41 +396,12 @@ async fn insert_tags(tx: &mut Transaction<'_, Any>, r: &Record) -> Result<(), St
     Ok(())
 }
 
-/// Inserts one certificate record inside `tx`.
+/// Inserts one certificate record (and its tags) inside `tx`.
 pub(super) async fn insert_record(
     tx: &mut Transaction<'_, Any>,
     r: &Record,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO certificates (id, serial, owner_uid, owner_gid, owner_pid, subject, \
-         dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, create_time, \
-         request_id, fingerprint, description, tags, revoke_time, revoke_reason, pem, reply) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         NULL, NULL, $18, $19)",
-    )
-    .bind(&r.id)
-    .bind(&r.serial)
-    .bind(i64::from(r.owner_uid))
-    .bind(i64::from(r.owner_gid))
-    .bind(r.owner_pid)
-    .bind(&r.subject)
-    .bind(json(&r.dns_names))
-    .bind(json(&r.uri_sans))
-    .bind(json(&r.ip_addresses))
-    .bind(&r.profile)
-    .bind(r.not_before)
-    .bind(r.expire_time)
-    .bind(r.create_time_us)
-    .bind(&r.request_id)
-    .bind(&r.fingerprint)
-    .bind(&r.description)
-    .bind(json(&r.tags))
-    .bind(&r.pem)
-    .bind(base64::engine::general_purpose::STANDARD.encode(&r.reply))
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    insert_tags(tx, r).await
+    insert_records(tx, &[r]).await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
