@@ -42,9 +42,7 @@ impl AuditEntry {
     /// An entry for `who` doing `operation`, stamped now.
     pub fn by(who: Option<&Identity>, operation: &str) -> Self {
         Self {
-            time_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64),
+            time_us: crate::issue::unix_us(std::time::SystemTime::now()),
             uid: who.map(|w| w.uid),
             gid: who.map(|w| w.gid),
             pid: who.and_then(|w| w.pid),

@@ -134,10 +134,7 @@ impl Issued {
             profile: self.profile.name().to_owned(),
             not_before: unix_secs(self.not_before),
             expire_time: unix_secs(self.not_after),
-            create_time_us: self
-                .create_time
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64),
+            create_time_us: unix_us(self.create_time),
             request_id: self.request_id.clone(),
             fingerprint,
             description: self.description.clone(),
@@ -147,6 +144,12 @@ impl Issued {
             reply: Vec::new(),
         }
     }
+}
+
+/// Unix microseconds: the precision records are ordered by.
+pub fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 pub fn unix_secs(t: SystemTime) -> i64 {

@@ -23,7 +23,7 @@ use self::watch::{WatchHub, WatchRequest};
 use crate::{
     config::RequestsConfig,
     crl::{CrlPublisher, unix_now},
-    issue::{IssueError, Issuer, certificate::BuildError, check_request_id},
+    issue::{IssueError, Issuer, certificate::BuildError, check_request_id, unix_us},
     keyed_locks::KeyedLocks,
     peer::Peer,
     policy::{Authorizer, PolicyError, over_quota},
@@ -245,10 +245,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             Some(self.creates.lock((peer.uid, request_id.clone())).await)
         };
         if !request_id.is_empty() {
-            let since = SystemTime::now() - self.retention;
-            let since_us = since
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64);
+            let since_us = unix_us(SystemTime::now() - self.retention);
             if let Some(row) = self
                 .store
                 .request_by_request_id(peer.uid, &request_id, since_us)
@@ -308,9 +305,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             names_key: checked.names_key,
             state: State::Pending as i32,
             due_at: Some(unix_now()),
-            create_time_us: now
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64),
+            create_time_us: unix_us(now),
             resource: resource.encode_to_vec(),
         };
         match self.store.create_request(row.clone()).await {

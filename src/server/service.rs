@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use prost::Message;
@@ -15,7 +15,7 @@ use super::{bounds::ConnInfo, records};
 pub use crate::peer::Peer;
 use crate::{
     crl::{CrlPublisher, reason_code, unix_now},
-    issue::{Issuer, check_description, check_request_id, check_tags},
+    issue::{Issuer, check_description, check_request_id, check_tags, unix_us},
     keyed_locks::KeyedLocks,
     policy::{Authorizer, over_quota},
     proto::{
@@ -73,11 +73,6 @@ impl<S, St> CaService<S, St> {
             locks: KeyedLocks::default(),
         }
     }
-}
-
-fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The names a one-shot request asks for, as given (a CSR's are inside it).
