@@ -48,8 +48,11 @@ pub fn init_logging(cfg: &Config) -> CliResult {
     // A second init (tests running several commands in one process) is harmless.
     match cfg.log.format {
         LogFormat::Text => {
+            // Colour only on a terminal: under systemd the journal would
+            // store the escape sequences.
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .with_filter_reloading();
             let handle = builder.reload_handle();

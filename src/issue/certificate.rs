@@ -277,14 +277,21 @@ fn name_constraints(p: &crate::policy::Permitted) -> Result<Option<NameConstrain
     }))
 }
 
-/// A fresh serial: 16 bytes from the OS CSPRNG, first byte non-zero so the
-/// encoding keeps all 128 bits (a leading 0x00 is added when the top bit is
-/// set, keeping it positive).
-pub fn random_serial() -> Result<SerialNumber, BuildError> {
+/// A fresh serial: 16 bytes, the issue time in milliseconds (6 bytes,
+/// big-endian) then 10 bytes (80 bits) from the OS CSPRNG. The CA/Browser
+/// Forum asks for at least 64 unpredictable bits; the time prefix makes
+/// serials ascend, so the store's serial index grows at its end instead of
+/// rewriting a random page per certificate. The first byte is non-zero
+/// until the year 10889, so the encoding keeps all 16 bytes, and its top bit
+/// is clear, so no sign byte is added.
+pub fn new_serial() -> Result<SerialNumber, BuildError> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| BuildError::Encoding(format!("the clock is before 1970: {e}")))?
+        .as_millis() as u64;
     let mut bytes = [0u8; 16];
-    while bytes[0] == 0 {
-        getrandom::fill(&mut bytes).map_err(|e| BuildError::Encoding(e.to_string()))?;
-    }
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    getrandom::fill(&mut bytes[6..]).map_err(|e| BuildError::Encoding(e.to_string()))?;
     Ok(SerialNumber::new(&bytes)?)
 }
 
@@ -447,7 +454,7 @@ pub async fn build_root<S: DigestSigner>(
         extensions: exts,
     };
     let validity = Validity::new(Time::try_from(not_before)?, Time::try_from(not_after)?);
-    let builder = CertificateBuilder::new(profile, random_serial()?, validity, spki)?;
+    let builder = CertificateBuilder::new(profile, new_serial()?, validity, spki)?;
     sign_with(builder, signer).await
 }
 

@@ -347,7 +347,7 @@ impl<S: DigestSigner> Issuer<S> {
         let subject = names
             .subject()
             .map_err(|e| invalid(format!("common_name: {e}")))?;
-        let serial = certificate::random_serial()?;
+        let serial = certificate::new_serial()?;
         let serial_hex = serial_hex(serial.as_bytes());
         let spec = LeafSpec {
             subject: subject.clone(),
@@ -403,7 +403,9 @@ impl<S: DigestSigner> Issuer<S> {
             der::Encode::to_der(cert.tbs_certificate()).map_err(BuildError::from)?,
         ));
         Ok(Issued {
-            certificate_id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7): new rows append to the id index
+            // instead of landing on a random page of it.
+            certificate_id: uuid::Uuid::now_v7().to_string(),
             pem_certificate,
             serial_hex,
             subject,
@@ -541,6 +543,24 @@ mod tests {
         assert_eq!(serial_hex(&[0x00, 0xde, 0x02]), "de02");
         assert_eq!(serial_hex(&[0x7f, 0x00]), "7f00");
         assert_eq!(serial_hex(&[0x00]), "00");
+    }
+
+    #[test]
+    fn serials_are_16_positive_bytes_with_80_random_bits_and_ascend_by_time() {
+        let a = certificate::new_serial().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = certificate::new_serial().unwrap();
+        let (a, b) = (serial_hex(a.as_bytes()), serial_hex(b.as_bytes()));
+        assert_eq!(a.len(), 32, "{a}");
+        assert_eq!(b.len(), 32, "{b}");
+        assert!(a < b, "{a} then {b}");
+        // The time prefix is now, in milliseconds.
+        let ms = u64::from_str_radix(&a[..12], 16).unwrap();
+        let now = unix_us(std::time::SystemTime::now()) as u64 / 1000;
+        assert!(now - ms < 60_000, "{ms} vs {now}");
+        // The random tails differ.
+        let c = serial_hex(certificate::new_serial().unwrap().as_bytes());
+        assert_ne!(&a[12..], &c[12..]);
     }
 
     #[test]

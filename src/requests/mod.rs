@@ -284,7 +284,9 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
         let now = SystemTime::now();
         let resource = CertificateRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7): new rows append to the id index
+            // instead of landing on a random page of it.
+            id: uuid::Uuid::now_v7().to_string(),
             generation: 1,
             spec: Some(checked.spec),
             status: Some(CertificateRequestStatus {

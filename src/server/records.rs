@@ -54,6 +54,40 @@ pub fn to_reply(rec: &Record, ca: &CaChain, now: i64) -> ClientCertificate {
     }
 }
 
+/// What a record keeps of its reply for `request_id` replays: the reply
+/// without the certificate and chain PEMs, which the record and the CA
+/// already hold (a tenth of the bytes per record). [`replayed`] puts them
+/// back.
+pub fn stored_reply(reply: &ClientCertificate) -> Vec<u8> {
+    use prost::Message;
+    ClientCertificate {
+        pem_certificate: String::new(),
+        pem_certificate_chain: Vec::new(),
+        ca_cert: String::new(),
+        ..reply.clone()
+    }
+    .encode_to_vec()
+}
+
+/// The reply a `request_id` replay returns: the stored one, with the
+/// certificate from the record and the CA's current chain and root (the
+/// same bytes unless the CA certificate was replaced since; then the chain
+/// that validates now). Records written before replies were stored this
+/// way hold the whole reply, which is returned as it is.
+pub fn replayed(rec: &Record, ca: &CaChain) -> Option<ClientCertificate> {
+    use prost::Message;
+    let mut reply = ClientCertificate::decode(rec.reply.as_slice()).ok()?;
+    if reply.pem_certificate.is_empty() {
+        let mut chain = Vec::with_capacity(ca.chain_pem.len() + 1);
+        chain.push(rec.pem.clone());
+        chain.extend(ca.chain_pem.iter().cloned());
+        reply.pem_certificate = rec.pem.clone();
+        reply.pem_certificate_chain = chain;
+        reply.ca_cert = ca.root_pem.clone();
+    }
+    Some(reply)
+}
+
 /// A list call's page size (0: the default; capped) and keyset cursor.
 pub fn page(
     page_size: i32,

@@ -163,8 +163,8 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
                 )));
             }
             tracing::info!(uid = peer.uid, request_id = %request_id, id = %rec.id, "replayed reply");
-            return ClientCertificate::decode(rec.reply.as_slice())
-                .map_err(|_| Status::internal("the stored reply could not be read"));
+            return records::replayed(&rec, self.issuer.ca())
+                .ok_or_else(|| Status::internal("the stored reply could not be read"));
         }
         self.issue_and_record(peer, req, fingerprint).await
     }
@@ -190,10 +190,13 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         let issued = self.issuer.sign(checked).await?;
         let audit = issued.audit_entry(Some(&who), "GenerateClientCertificate");
         let mut record = issued.to_record(&peer, fingerprint);
-        // The reply is the record as Get would show it, kept byte for byte
-        // for request_id replays.
+        // The reply is the record as Get would show it; a request with a
+        // request_id keeps it for replays (tags and description may change
+        // later, the replay must not).
         let reply = records::to_reply(&record, self.issuer.ca(), unix_now());
-        record.reply = reply.encode_to_vec();
+        if !record.request_id.is_empty() {
+            record.reply = records::stored_reply(&reply);
+        }
         match self
             .store
             .insert_audited(record.clone(), Some(audit.clone()))

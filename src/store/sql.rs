@@ -282,7 +282,9 @@ async fn insert_batch<'a>(
             .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
         let next = crate::audit::chain_hash(&hash, &text);
         seq += 1;
-        tracing::info!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
+        // The outcome is logged at info by the caller ("issued certificate",
+        // "refused certificate", …); the chain position only at debug.
+        tracing::debug!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
         audit_rows.push((seq, text, std::mem::replace(&mut hash, next.clone()), next));
     }
     let mut rest = audit_rows.as_slice();
