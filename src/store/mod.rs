@@ -2,9 +2,8 @@
 //! exact reply it was handed out in, is committed before the reply leaves;
 //! the request_id index makes retries safe; revocations feed the CRL.
 //!
-//! [`Store`] is the seam for storage engines; [`sql::SqlStore`] speaks SQL
-//! through sqlx's `Any` driver (SQLite here, PostgreSQL behind the same
-//! queries).
+//! [`Store`] is the seam for storage engines; [`sql::SqlStore`] is the
+//! embedded SQLite store.
 
 pub mod sql;
 

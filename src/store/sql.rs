@@ -1,7 +1,10 @@
-//! The SQL store. One writer task commits inserts in batches (group commit):
-//! every waiting insert shares the next transaction, and each caller hears
-//! back only after that transaction is durable. SQLite runs in WAL mode with
-//! `synchronous=FULL`, so a commit survives power loss.
+//! The SQLite store. Certificate records and audit entries go through one
+//! writer thread that commits them in batches (group commit, see
+//! [`writer`]): every waiting insert shares the next transaction, and each
+//! caller hears back only after that transaction is durable. Everything
+//! else (reads, revocations, certificate requests) goes through sqlx's
+//! pool. SQLite runs in WAL mode with `synchronous=FULL`, so a commit
+//! survives power loss.
 
 use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
@@ -11,12 +14,13 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions, AnyRow},
     migrate::{Migration, MigrationType, Migrator},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::*;
 use crate::audit::{AuditEntry, AuditRow};
 
 mod requests;
+mod writer;
 
 const MIGRATION_1: &str = "
 CREATE TABLE certificates (
@@ -105,20 +109,9 @@ const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns
     ip_addresses, profile, not_before, expire_time, create_time, request_id, fingerprint, \
     description, tags, revoke_time, revoke_reason, pem, reply";
 
-/// Most inserts one commit takes.
-const MAX_BATCH: usize = 512;
-
-/// One job for the writer: a certificate record, an audit entry, or both
-/// (committed together).
-struct Pending {
-    record: Option<Record>,
-    audit: Option<AuditEntry>,
-    done: oneshot::Sender<Result<(), StoreError>>,
-}
-
 pub struct SqlStore {
     pool: AnyPool,
-    writer: mpsc::Sender<Pending>,
+    writer: flume::Sender<writer::Pending>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -142,27 +135,20 @@ impl SqlStore {
             .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
         let path = state_dir.join("hsmca.db");
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        Self::open(&url).await
-    }
-
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let opts = AnyConnectOptions::from_str(url).map_err(unavailable)?;
-        let sqlite = url.starts_with("sqlite:");
+        let opts = AnyConnectOptions::from_str(&url).map_err(unavailable)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 8 })
+            .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if sqlite {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = FULL",
-                            "PRAGMA busy_timeout = 5000",
-                            "PRAGMA foreign_keys = ON",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 5000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -194,208 +180,29 @@ impl SqlStore {
             ),
         ]);
         migrator.run(&pool).await.map_err(unavailable)?;
-        // One writer per store: it holds the audit chain's head. (Several
-        // daemons sharing one database would need the head read under a
-        // lock in each transaction; the embedded SQLite store has one.)
-        let head = audit_head(&pool).await?;
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(pool.clone(), rx, head));
-        Ok(Self { pool, writer: tx })
+        let writer = writer::start(&path)?;
+        Ok(Self { pool, writer })
     }
 }
 
-/// The group-commit writer. It alone appends to the audit log, so the hash
-/// chain has one head: `head` is the last committed (seq, hash).
-async fn writer(pool: AnyPool, mut rx: mpsc::Receiver<Pending>, mut head: (i64, String)) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let m = crate::metrics::metrics();
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let started = std::time::Instant::now();
-        let result = insert_batch(&pool, batch.iter(), &head).await;
-        match result {
-            Ok(new_head) => {
-                head = new_head;
-                m.store_commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                // Certificate records; audit-only jobs are not counted.
-                m.store_commit_records
-                    .inc_by(batch.iter().filter(|p| p.record.is_some()).count() as u64);
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Ok(()));
-                }
-            }
-            Err(_) if batch.len() > 1 => {
-                // The commit may have failed after all or part of it landed
-                // (or another writer appended): take the head from the store.
-                head = audit_head(&pool).await.unwrap_or(head);
-                // One bad record must not fail its neighbours: retry alone.
-                for p in batch.drain(..) {
-                    let r = insert_batch(&pool, std::iter::once(&p), &head).await;
-                    let r = r.map(|new_head| head = new_head);
-                    let _ = p.done.send(r);
-                }
-            }
-            Err(e) => {
-                head = audit_head(&pool).await.unwrap_or(head);
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// The audit log's last (seq, hash), or the genesis head when it is empty.
-async fn audit_head(pool: &AnyPool) -> Result<(i64, String), StoreError> {
-    match sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(pool)
-        .await
-        .map_err(map_err)?
-    {
-        Some(row) => Ok((
-            row.try_get::<i64, _>("seq")
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            row.try_get::<String, _>("hash")
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        )),
-        None => Ok((0, crate::audit::GENESIS.to_owned())),
-    }
-}
-
-/// Commits the jobs' records and audit entries in one transaction; returns
-/// the audit log's new head. Rows go in as multi-row INSERTs (see
-/// [`CHUNKS`]): one statement per chunk rather than two per certificate,
-/// since every statement is a round trip to sqlx's SQLite thread.
-async fn insert_batch<'a>(
-    pool: &AnyPool,
-    jobs: impl Iterator<Item = &'a Pending>,
-    head: &(i64, String),
-) -> Result<(i64, String), StoreError> {
-    let jobs: Vec<&Pending> = jobs.collect();
-    let mut tx: Transaction<'_, Any> = pool.begin().await.map_err(map_err)?;
-    let records: Vec<&Record> = jobs.iter().filter_map(|j| j.record.as_ref()).collect();
-    insert_records(&mut tx, &records).await?;
-    let (mut seq, mut hash) = head.clone();
-    let mut audit_rows = Vec::new();
-    for entry in jobs.iter().filter_map(|j| j.audit.as_ref()) {
-        let text = serde_json::to_string(entry)
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-        let next = crate::audit::chain_hash(&hash, &text);
-        seq += 1;
-        // The outcome is logged at info by the caller ("issued certificate",
-        // "refused certificate", …); the chain position only at debug.
-        tracing::debug!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
-        audit_rows.push((seq, text, std::mem::replace(&mut hash, next.clone()), next));
-    }
-    let mut rest = audit_rows.as_slice();
-    while !rest.is_empty() {
-        let n = chunk_len(rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        let sql = values_sql(
-            "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ",
-            4,
-            n,
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (seq, text, prev, next) in chunk {
-            q = q.bind(*seq).bind(text).bind(prev).bind(next);
-        }
-        q.execute(&mut *tx).await.map_err(map_err)?;
-    }
-    tx.commit().await.map_err(map_err)?;
-    Ok((seq, hash))
-}
-
-/// Rows per multi-row INSERT, largest first: a batch is cut greedily into
-/// these sizes, so only a handful of distinct statements are ever prepared
-/// (and stay in sqlx's statement cache). 64 rows × 19 columns stays far
-/// below SQLite's limit of 32,766 bound parameters.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-fn chunk_len(remaining: usize) -> usize {
-    CHUNKS.into_iter().find(|&c| c <= remaining).unwrap_or(1)
-}
-
-/// `prefix` followed by `rows` groups of `cols` numbered placeholders.
-fn values_sql(prefix: &str, cols: usize, rows: usize) -> String {
-    use std::fmt::Write;
-    let mut sql = String::with_capacity(prefix.len() + rows * cols * 5);
-    sql.push_str(prefix);
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            let _ = write!(
-                sql,
-                "{}${}",
-                if c == 0 { "" } else { ", " },
-                r * cols + c + 1
-            );
-        }
-        sql.push(')');
-    }
-    sql
-}
-
-const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (id, serial, owner_uid, owner_gid, \
+/// The one INSERT of a certificate record, shared by the group-commit
+/// writer (rusqlite, which binds `$N` by position) and the request path
+/// (sqlx).
+const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (id, serial, owner_uid, owner_gid, \
      owner_pid, subject, dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, \
-     create_time, request_id, fingerprint, description, tags, pem, reply) VALUES ";
+     create_time, request_id, fingerprint, description, tags, pem, reply) VALUES ($1, $2, $3, \
+     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+const INSERT_TAG: &str =
+    "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)";
 
-/// Inserts certificate records (and their tags) inside `tx`, many rows per
-/// statement.
-async fn insert_records(
-    tx: &mut Transaction<'_, Any>,
-    records: &[&Record],
-) -> Result<(), StoreError> {
-    let mut rest = records;
-    while !rest.is_empty() {
-        let n = chunk_len(rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        let mut q = sqlx::query(AssertSqlSafe(values_sql(INSERT_CERTIFICATES, 19, n)));
-        for r in chunk {
-            q = q
-                .bind(&r.id)
-                .bind(&r.serial)
-                .bind(i64::from(r.owner_uid))
-                .bind(i64::from(r.owner_gid))
-                .bind(r.owner_pid)
-                .bind(&r.subject)
-                .bind(json(&r.dns_names))
-                .bind(json(&r.uri_sans))
-                .bind(json(&r.ip_addresses))
-                .bind(&r.profile)
-                .bind(r.not_before)
-                .bind(r.expire_time)
-                .bind(r.create_time_us)
-                .bind(&r.request_id)
-                .bind(&r.fingerprint)
-                .bind(&r.description)
-                .bind(json(&r.tags))
-                .bind(&r.pem)
-                .bind(base64::engine::general_purpose::STANDARD.encode(&r.reply));
-        }
-        q.execute(&mut **tx).await.map_err(map_err)?;
+/// The reply column: base64 of the stored reply (text, which sqlx's `Any`
+/// rows can carry), empty when none is kept.
+fn stored_reply(reply: &[u8]) -> String {
+    if reply.is_empty() {
+        String::new()
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(reply)
     }
-    for r in records {
-        insert_tags(tx, r).await?;
-    }
-    Ok(())
-}
-
-async fn insert_tags(tx: &mut Transaction<'_, Any>, r: &Record) -> Result<(), StoreError> {
-    for (k, v) in &r.tags {
-        sqlx::query(
-            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
-        )
-        .bind(&r.id)
-        .bind(k)
-        .bind(v)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    }
-    Ok(())
 }
 
 /// Inserts one certificate record (and its tags) inside `tx`.
@@ -403,7 +210,39 @@ pub(super) async fn insert_record(
     tx: &mut Transaction<'_, Any>,
     r: &Record,
 ) -> Result<(), StoreError> {
-    insert_records(tx, &[r]).await
+    sqlx::query(INSERT_CERTIFICATE)
+        .bind(&r.id)
+        .bind(&r.serial)
+        .bind(i64::from(r.owner_uid))
+        .bind(i64::from(r.owner_gid))
+        .bind(r.owner_pid)
+        .bind(&r.subject)
+        .bind(json(&r.dns_names))
+        .bind(json(&r.uri_sans))
+        .bind(json(&r.ip_addresses))
+        .bind(&r.profile)
+        .bind(r.not_before)
+        .bind(r.expire_time)
+        .bind(r.create_time_us)
+        .bind(&r.request_id)
+        .bind(&r.fingerprint)
+        .bind(&r.description)
+        .bind(json(&r.tags))
+        .bind(&r.pem)
+        .bind(stored_reply(&r.reply))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    for (k, v) in &r.tags {
+        sqlx::query(INSERT_TAG)
+            .bind(&r.id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -796,7 +635,7 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.writer
-            .send(Pending {
+            .send_async(writer::Pending {
                 record,
                 audit,
                 done,
