@@ -134,6 +134,7 @@ impl SqlStore {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
         let path = state_dir.join("hsmca.db");
+        let conn = writer::open(&path)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         sqlx::any::install_default_drivers();
         let opts = AnyConnectOptions::from_str(&url).map_err(unavailable)?;
@@ -142,8 +143,8 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    // WAL is already set (writer::open) and persists.
                     for pragma in [
-                        "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = FULL",
                         "PRAGMA busy_timeout = 5000",
                         "PRAGMA foreign_keys = ON",
@@ -180,7 +181,7 @@ impl SqlStore {
             ),
         ]);
         migrator.run(&pool).await.map_err(unavailable)?;
-        let writer = writer::start(&path)?;
+        let writer = writer::start(conn)?;
         Ok(Self { pool, writer })
     }
 }

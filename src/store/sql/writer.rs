@@ -49,15 +49,23 @@ fn map_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Opens the writer's connection to the SQLite file at `path` (migrations
-/// have already run) and starts its thread. Returns the job queue.
-pub(super) fn start(path: &Path) -> Result<flume::Sender<Pending>, StoreError> {
+/// Opens the writer's connection to the SQLite file at `path`, creating it
+/// if needed, and puts the file in WAL mode. This runs before the pool
+/// opens its connections: switching the journal mode takes a lock that
+/// would otherwise make one side wait out SQLite's busy handler.
+pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
     )
     .map_err(unavailable)?;
+    Ok(conn)
+}
+
+/// Starts the writer's thread on `conn` (migrations have run). Returns the
+/// job queue.
+pub(super) fn start(conn: Connection) -> Result<flume::Sender<Pending>, StoreError> {
     // One writer per store: it holds the audit chain's head. (Several
     // daemons sharing one database would need the head read under a lock
     // in each transaction; the embedded store has one daemon.)
