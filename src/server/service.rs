@@ -187,6 +187,8 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
                 return Err(e.into());
             }
         }
+        // Held until the record is committed (or the request fails).
+        let _announced = self.store.announce_insert();
         let issued = self.issuer.sign(checked).await?;
         let audit = issued.audit_entry(Some(&who), "GenerateClientCertificate");
         let mut record = issued.to_record(&peer, fingerprint);

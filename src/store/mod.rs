@@ -13,6 +13,24 @@ use crate::audit::{AuditEntry, AuditRow};
 
 /// A certificate record. Times are Unix seconds, except `create_time_us`
 /// (microseconds: the listing order).
+/// A notice from [`Store::announce_insert`]: counted while it lives.
+pub struct Announced(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Announced {
+    pub fn counting(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(Some(n.clone()))
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub id: String,
@@ -151,6 +169,13 @@ pub trait Store: Send + Sync + 'static {
     /// Commits `record` durably; concurrent inserts may share one commit.
     fn insert(&self, record: Record) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.insert_audited(record, None)
+    }
+    /// Says that a certificate record is on its way (its certificate is
+    /// being signed); the guard withdraws the notice when dropped. The group
+    /// commit uses it to wait a moment for records that are about to
+    /// arrive rather than paying a commit and an fsync for each.
+    fn announce_insert(&self) -> Announced {
+        Announced(None)
     }
     /// Commits `record` and its audit entry in one transaction.
     fn insert_audited(

@@ -112,6 +112,8 @@ const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns
 pub struct SqlStore {
     pool: AnyPool,
     writer: flume::Sender<writer::Pending>,
+    /// Certificate records announced and not yet committed.
+    announced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -181,8 +183,13 @@ impl SqlStore {
             ),
         ]);
         migrator.run(&pool).await.map_err(unavailable)?;
-        let writer = writer::start(conn)?;
-        Ok(Self { pool, writer })
+        let announced = std::sync::Arc::default();
+        let writer = writer::start(conn, std::sync::Arc::clone(&announced))?;
+        Ok(Self {
+            pool,
+            writer,
+            announced,
+        })
     }
 }
 
@@ -301,6 +308,10 @@ fn record(row: &AnyRow) -> Result<Record, StoreError> {
 }
 
 impl Store for SqlStore {
+    fn announce_insert(&self) -> Announced {
+        Announced::counting(&self.announced)
+    }
+
     async fn insert_audited(
         &self,
         record: Record,

@@ -11,7 +11,14 @@
 //! the only hand-offs are a job's arrival and its answer. The thread blocks
 //! on SQLite (fsync) without holding up the async runtime.
 
-use std::{path::Path, time::Instant};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
@@ -24,6 +31,9 @@ use crate::{
 
 /// Most jobs one commit takes.
 const MAX_BATCH: usize = 512;
+
+/// Longest a commit waits for announced records: about one fsync here.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// One job: a certificate record, an audit entry, or both (committed
 /// together).
@@ -65,7 +75,10 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
 
 /// Starts the writer's thread on `conn` (migrations have run). Returns the
 /// job queue.
-pub(super) fn start(conn: Connection) -> Result<flume::Sender<Pending>, StoreError> {
+pub(super) fn start(
+    conn: Connection,
+    announced: Arc<AtomicUsize>,
+) -> Result<flume::Sender<Pending>, StoreError> {
     // One writer per store: it holds the audit chain's head. (Several
     // daemons sharing one database would need the head read under a lock
     // in each transaction; the embedded store has one daemon.)
@@ -73,19 +86,25 @@ pub(super) fn start(conn: Connection) -> Result<flume::Sender<Pending>, StoreErr
     let (tx, rx) = flume::bounded(4 * MAX_BATCH);
     std::thread::Builder::new()
         .name("hsmca-store".into())
-        .spawn(move || run(conn, rx, head))
+        .spawn(move || run(conn, rx, head, &announced))
         .map_err(unavailable)?;
     Ok(tx)
 }
 
 /// The writer's loop. It alone appends to the audit log, so the hash chain
 /// has one head: `head` is the last committed (seq, hash).
-fn run(mut conn: Connection, rx: flume::Receiver<Pending>, mut head: (i64, String)) {
+fn run(
+    mut conn: Connection,
+    rx: flume::Receiver<Pending>,
+    mut head: (i64, String),
+    announced: &AtomicUsize,
+) {
     let m = crate::metrics::metrics();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        gather(&rx, &mut batch, announced);
         let started = Instant::now();
         match commit(&mut conn, &batch, &head) {
             Ok(new_head) => {
@@ -116,6 +135,22 @@ fn run(mut conn: Connection, rx: flume::Receiver<Pending>, mut head: (i64, Strin
                     let _ = p.done.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Waits up to [`GATHER`] for records that were announced (their
+/// certificates are being signed) to join the batch, so that they share its
+/// fsync instead of each paying for a commit of its own. A lone request
+/// (nothing else announced) does not wait.
+fn gather(rx: &flume::Receiver<Pending>, batch: &mut Vec<Pending>, announced: &AtomicUsize) {
+    let deadline = Instant::now() + GATHER;
+    while batch.len() < MAX_BATCH
+        && batch.iter().filter(|p| p.record.is_some()).count() < announced.load(Ordering::Relaxed)
+    {
+        match rx.recv_deadline(deadline) {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
         }
     }
 }
@@ -194,4 +229,73 @@ fn commit(
     drop((cert, tag, audit));
     tx.commit().map_err(map_err)?;
     Ok((seq, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(record: bool) -> Pending {
+        let (done, _) = oneshot::channel();
+        let rec = Record {
+            id: "x".into(),
+            serial: "01".into(),
+            owner_uid: 0,
+            owner_gid: 0,
+            owner_pid: 0,
+            subject: String::new(),
+            dns_names: vec![],
+            uri_sans: vec![],
+            ip_addresses: vec![],
+            profile: "client".into(),
+            not_before: 0,
+            expire_time: 0,
+            create_time_us: 0,
+            request_id: String::new(),
+            fingerprint: String::new(),
+            description: String::new(),
+            tags: Default::default(),
+            revoked: None,
+            pem: String::new(),
+            reply: vec![],
+        };
+        Pending {
+            record: record.then_some(rec),
+            audit: None,
+            done,
+        }
+    }
+
+    #[test]
+    fn gathers_only_what_was_announced() {
+        let (tx, rx) = flume::unbounded();
+        for _ in 0..4 {
+            tx.send(job(true)).unwrap();
+        }
+        // Three records announced, one in hand: two more are taken, the
+        // fourth stays queued for the next commit.
+        let mut batch = vec![job(true)];
+        gather(&rx, &mut batch, &AtomicUsize::new(3));
+        assert_eq!(batch.len(), 3);
+        assert_eq!(rx.len(), 2);
+        // Nothing more announced than in hand: no wait, nothing taken.
+        let mut batch = vec![job(true)];
+        gather(&rx, &mut batch, &AtomicUsize::new(1));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(rx.len(), 2);
+        // Audit-only jobs do not count as the announced records.
+        let mut batch = vec![job(false)];
+        gather(&rx, &mut batch, &AtomicUsize::new(1));
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn an_announced_record_that_never_comes_costs_at_most_the_gathering_time() {
+        let (_tx, rx) = flume::unbounded::<Pending>();
+        let mut batch = vec![job(true)];
+        let started = Instant::now();
+        gather(&rx, &mut batch, &AtomicUsize::new(5));
+        assert_eq!(batch.len(), 1);
+        assert!(started.elapsed() >= GATHER);
+    }
 }
