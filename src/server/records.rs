@@ -19,6 +19,14 @@ fn ts_secs(s: i64) -> prost_types::Timestamp {
     }
 }
 
+/// The record's certificate, then the CA's chain up to the root.
+fn chain(rec: &Record, ca: &CaChain) -> Vec<String> {
+    let mut chain = Vec::with_capacity(ca.chain_pem.len() + 1);
+    chain.push(rec.pem.clone());
+    chain.extend(ca.chain_pem.iter().cloned());
+    chain
+}
+
 /// The record as the API shows it now: current tags and state.
 pub fn to_reply(rec: &Record, ca: &CaChain, now: i64) -> ClientCertificate {
     let state = if rec.revoked.is_some() {
@@ -28,13 +36,10 @@ pub fn to_reply(rec: &Record, ca: &CaChain, now: i64) -> ClientCertificate {
     } else {
         State::Active
     };
-    let mut chain = Vec::with_capacity(ca.chain_pem.len() + 1);
-    chain.push(rec.pem.clone());
-    chain.extend(ca.chain_pem.iter().cloned());
     ClientCertificate {
         certificate_id: rec.id.clone(),
         pem_certificate: rec.pem.clone(),
-        pem_certificate_chain: chain,
+        pem_certificate_chain: chain(rec, ca),
         ca_cert: ca.root_pem.clone(),
         serial_number: rec.serial.clone(),
         subject: rec.subject.clone(),
@@ -78,11 +83,8 @@ pub fn replayed(rec: &Record, ca: &CaChain) -> Option<ClientCertificate> {
     use prost::Message;
     let mut reply = ClientCertificate::decode(rec.reply.as_slice()).ok()?;
     if reply.pem_certificate.is_empty() {
-        let mut chain = Vec::with_capacity(ca.chain_pem.len() + 1);
-        chain.push(rec.pem.clone());
-        chain.extend(ca.chain_pem.iter().cloned());
         reply.pem_certificate = rec.pem.clone();
-        reply.pem_certificate_chain = chain;
+        reply.pem_certificate_chain = chain(rec, ca);
         reply.ca_cert = ca.root_pem.clone();
     }
     Some(reply)

@@ -205,7 +205,7 @@ const INSERT_TAG: &str =
 
 /// The reply column: base64 of the stored reply (text, which sqlx's `Any`
 /// rows can carry), empty when none is kept.
-fn stored_reply(reply: &[u8]) -> String {
+fn reply_column(reply: &[u8]) -> String {
     if reply.is_empty() {
         String::new()
     } else {
@@ -237,7 +237,7 @@ pub(super) async fn insert_record(
         .bind(&r.description)
         .bind(json(&r.tags))
         .bind(&r.pem)
-        .bind(stored_reply(&r.reply))
+        .bind(reply_column(&r.reply))
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

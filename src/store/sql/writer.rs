@@ -23,7 +23,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
-use super::{INSERT_CERTIFICATE, INSERT_TAG, json, stored_reply, unavailable};
+use super::{INSERT_CERTIFICATE, INSERT_TAG, json, reply_column, unavailable};
 use crate::{
     audit::{AuditEntry, GENESIS, chain_hash},
     store::{Record, StoreError},
@@ -145,11 +145,13 @@ fn run(
 /// (nothing else announced) does not wait.
 fn gather(rx: &flume::Receiver<Pending>, batch: &mut Vec<Pending>, announced: &AtomicUsize) {
     let deadline = Instant::now() + GATHER;
-    while batch.len() < MAX_BATCH
-        && batch.iter().filter(|p| p.record.is_some()).count() < announced.load(Ordering::Relaxed)
-    {
+    let mut records = batch.iter().filter(|p| p.record.is_some()).count();
+    while batch.len() < MAX_BATCH && records < announced.load(Ordering::Relaxed) {
         match rx.recv_deadline(deadline) {
-            Ok(p) => batch.push(p),
+            Ok(p) => {
+                records += usize::from(p.record.is_some());
+                batch.push(p);
+            }
             Err(_) => break,
         }
     }
@@ -200,7 +202,7 @@ fn commit(
             r.description,
             json(&r.tags),
             r.pem,
-            stored_reply(&r.reply),
+            reply_column(&r.reply),
         ])
         .map_err(map_err)?;
         for (k, v) in &r.tags {
