@@ -10,6 +10,13 @@ use spki::{
 };
 
 use crate::signing::*;
+use const_oid::db::rfc5912::ID_EC_PUBLIC_KEY as EC_PUBLIC_KEY;
+use const_oid::db::rfc5912::ID_SHA_256 as SHA256;
+use const_oid::db::rfc5912::ID_SHA_384 as SHA384;
+use const_oid::db::rfc5912::ID_SHA_512 as SHA512;
+use const_oid::db::rfc5912::RSA_ENCRYPTION;
+use const_oid::db::rfc5912::SECP_256_R_1 as SECP256R1;
+use const_oid::db::rfc5912::SECP_384_R_1 as SECP384R1;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -24,14 +31,6 @@ pub enum VerifyError {
     #[error("the signature does not verify")]
     Invalid,
 }
-
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
-const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 
 #[derive(Clone, Copy)]
 enum Hash {

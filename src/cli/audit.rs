@@ -9,7 +9,7 @@ use super::{CliResult, client::write_out};
 use crate::{
     audit::{AuditEntry, GENESIS, verify_rows},
     config::Config,
-    store::{Store, sql::SqlStore},
+    store::{AuditStore, sql::SqlStore},
 };
 
 /// Records read per query.
@@ -61,7 +61,7 @@ async fn open(config: &std::path::Path) -> CliResult<SqlStore> {
 }
 
 fn line(seq: i64, e: &AuditEntry) -> String {
-    let time = crate::cli::records::rfc3339(
+    let time = crate::time::rfc3339(
         &prost_types::Timestamp {
             seconds: e.time_us.div_euclid(1_000_000),
             nanos: (e.time_us.rem_euclid(1_000_000) * 1000) as i32,

@@ -3,10 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint, Uri},
-};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::{CliResult, Connection, IssueArgs};
 use crate::{
@@ -44,31 +41,13 @@ pub async fn connect(socket: &Path) -> CliResult<Channel> {
     Ok(channel)
 }
 
-/// The canonical gRPC name of a status code, as users see it in docs.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 pub(crate) fn status_error(s: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
-    format!("{}: {}", code_name(s.code()), s.message()).into()
+    format!(
+        "{}: {}",
+        crate::server::errors::code_name(s.code()),
+        s.message()
+    )
+    .into()
 }
 
 fn read(path: &Path) -> CliResult<String> {

@@ -20,6 +20,7 @@ use crate::proto::{
     ListClientCertificatesRequest, UpdateClientCertificateRequest,
     certificate_authority_client::CertificateAuthorityClient, client_certificate::State,
 };
+use crate::{revocation::normalize_reason, time::rfc3339};
 
 /// Replies can be large (a page of 1000 records with their chains, a long
 /// CRL): allow more than tonic's default 4 MiB.
@@ -125,38 +126,6 @@ pub struct CrlArgs {
 // ---------------------------------------------------------------------------
 // Pure helpers
 
-/// The CRLReason names the daemon accepts, in RFC 5280 spelling.
-pub const REASONS: [&str; 7] = [
-    "unspecified",
-    "keyCompromise",
-    "caCompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "privilegeWithdrawn",
-];
-
-/// A revocation reason as the user typed it (any case, camelCase,
-/// kebab-case or snake_case) → its RFC 5280 name.
-pub fn normalize_reason(input: &str) -> Result<&'static str, String> {
-    let key: String = input
-        .trim()
-        .chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect();
-    REASONS
-        .iter()
-        .find(|r| r.to_ascii_lowercase() == key)
-        .copied()
-        .ok_or_else(|| {
-            format!(
-                "unknown revocation reason {input:?}; expected one of: {}",
-                REASONS.join(", ")
-            )
-        })
-}
-
 /// `KEY=VALUE` → (KEY, VALUE), split at the first `=`.
 pub fn parse_tag(arg: &str, what: &str) -> Result<(String, String), String> {
     arg.split_once('=')
@@ -216,48 +185,6 @@ pub fn update_tags(set: &[String], remove: &[String]) -> Result<BTreeMap<String,
         tags.insert(k.clone(), String::new());
     }
     Ok(tags)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// RFC 3339 in UTC. With `fraction`, non-zero nanoseconds are shown with 3,
-/// 6 or 9 digits (as protobuf's JSON mapping does); without, whole seconds.
-pub fn rfc3339(ts: &prost_types::Timestamp, fraction: bool) -> String {
-    // Clamp the day count so the arithmetic cannot overflow on nonsense input.
-    let days = ts.seconds.div_euclid(86_400).clamp(-1 << 40, 1 << 40);
-    let secs = ts.seconds.rem_euclid(86_400);
-    let (y, mo, d) = civil_from_days(days);
-    let mut s = format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
-    if fraction && (1..1_000_000_000).contains(&ts.nanos) {
-        let n = ts.nanos;
-        if n % 1_000_000 == 0 {
-            s.push_str(&format!(".{:03}", n / 1_000_000));
-        } else if n % 1000 == 0 {
-            s.push_str(&format!(".{:06}", n / 1000));
-        } else {
-            s.push_str(&format!(".{n:09}"));
-        }
-    }
-    s.push('Z');
-    s
 }
 
 fn time_text(ts: Option<&prost_types::Timestamp>) -> String {
@@ -693,65 +620,6 @@ mod tests {
                 .contains("both set and removed")
         );
         assert!(update_tags(&["a".into()], &[]).is_err());
-    }
-
-    #[test]
-    fn reason_names() {
-        for r in REASONS {
-            assert_eq!(normalize_reason(r).unwrap(), r);
-            assert_eq!(normalize_reason(&r.to_uppercase()).unwrap(), r);
-        }
-        assert_eq!(normalize_reason("key-compromise").unwrap(), "keyCompromise");
-        assert_eq!(normalize_reason("KeyCompromise").unwrap(), "keyCompromise");
-        assert_eq!(
-            normalize_reason("cessation_of_operation").unwrap(),
-            "cessationOfOperation"
-        );
-        assert_eq!(
-            normalize_reason("privilege-withdrawn").unwrap(),
-            "privilegeWithdrawn"
-        );
-        assert_eq!(normalize_reason(" superseded ").unwrap(), "superseded");
-        for bad in ["", "certificateHold", "removeFromCRL", "compromised"] {
-            let e = normalize_reason(bad).unwrap_err();
-            assert!(e.contains("unknown revocation reason"), "{e}");
-            assert!(e.contains("keyCompromise, caCompromise"), "{e}");
-        }
-    }
-
-    #[test]
-    fn times() {
-        let t = |s, n| {
-            rfc3339(
-                &Timestamp {
-                    seconds: s,
-                    nanos: n,
-                },
-                true,
-            )
-        };
-        assert_eq!(t(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(t(1_709_208_000, 0), "2024-02-29T12:00:00Z");
-        assert_eq!(t(951_825_600, 0), "2000-02-29T12:00:00Z");
-        assert_eq!(t(253_402_300_799, 0), "9999-12-31T23:59:59Z");
-        assert_eq!(t(-62_135_596_800, 0), "0001-01-01T00:00:00Z");
-        assert_eq!(t(-1, 0), "1969-12-31T23:59:59Z");
-        assert_eq!(t(1, 500_000_000), "1970-01-01T00:00:01.500Z");
-        assert_eq!(t(1, 1_000), "1970-01-01T00:00:01.000001Z");
-        assert_eq!(t(1, 7), "1970-01-01T00:00:01.000000007Z");
-        assert_eq!(
-            rfc3339(
-                &Timestamp {
-                    seconds: 1,
-                    nanos: 500_000_000
-                },
-                false
-            ),
-            "1970-01-01T00:00:01Z"
-        );
-        // Nonsense does not panic.
-        let _ = t(i64::MAX, -5);
-        let _ = t(i64::MIN, i32::MAX);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! grants it and its duration cap, rate and quota apply. The check runs on
 //! the names exactly as requested, before anything is signed.
 
-pub mod identity;
 pub mod pattern;
 
 use std::{
@@ -19,14 +18,13 @@ use governor::{
 };
 use ipnet::IpNet;
 
-use self::{
-    identity::Identity,
-    pattern::{cn_matches, dns_matches, ip_matches, substitute, uri_matches},
-};
+use self::pattern::{cn_matches, dns_matches, ip_matches, substitute, uri_matches};
 use crate::{
     config::{ConfigError, PolicyConfig, RuleConfig},
-    issue::certificate::LeafProfile,
+    names::RawNames,
     peer::Peer,
+    peer::identity::{self, Identity},
+    profile::{LeafProfile, Limits, Permitted},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,32 +53,6 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
-/// Names as requested: the CSR's or the request fields, not yet normalised.
-#[derive(Debug, Clone, Copy)]
-pub struct RawNames<'a> {
-    pub common_name: &'a str,
-    pub dns: &'a [String],
-    pub uris: &'a [String],
-    pub ips: &'a [String],
-}
-
-/// What a granting rule allows, for name constraints on an intermediate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Permitted {
-    /// `None`: any DNS name; otherwise dNSName subtrees (each permits the
-    /// name and every name below it).
-    pub dns: Option<Vec<String>>,
-    /// `None`: any URI; otherwise the hosts URIs may name.
-    pub uri_hosts: Option<Vec<String>>,
-    pub ips: Option<Vec<IpNet>>,
-    /// `None`: any subject; otherwise the exact common names leaves may
-    /// carry (an empty list: none).
-    pub common_names: Option<Vec<String>>,
-    /// Whether leaves may be client and/or server certificates.
-    pub client: bool,
-    pub server: bool,
-}
-
 /// A granted request: which rule, and what it caps.
 #[derive(Clone)]
 pub struct Grant {
@@ -89,6 +61,16 @@ pub struct Grant {
     pub max_live: Option<u64>,
     pub permitted: Permitted,
     limiter: Option<Arc<Limiter>>,
+}
+
+impl Grant {
+    /// What the certificate builder must respect under this grant.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_duration: self.max_duration,
+            permitted: Some(self.permitted.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Grant {

@@ -12,7 +12,7 @@ mod worker;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use prost::Message;
@@ -21,9 +21,10 @@ use tokio::sync::Notify;
 
 use self::watch::{WatchHub, WatchRequest};
 use crate::{
+    audit::AuditEntry,
     config::RequestsConfig,
-    crl::{CrlPublisher, unix_now},
-    issue::{IssueError, Issuer, certificate::BuildError, check_request_id, unix_us},
+    crl::CrlPublisher,
+    issue::{IssueError, Issuer, certificate::BuildError, check_request_id},
     keyed_locks::KeyedLocks,
     peer::Peer,
     policy::{Authorizer, PolicyError, over_quota},
@@ -31,8 +32,8 @@ use crate::{
         CertificateRequest, CertificateRequestSpec, CertificateRequestStatus,
         CreateCertificateRequestRequest, IssuedCertificate, certificate_request_status::State,
     },
-    signing::{DigestSigner, SignError},
-    store::{RequestChange, RequestQuery, RequestRow, Revocation, Store, StoreError},
+    store::{Record, RequestChange, RequestQuery, RequestRow, Revocation, Store, StoreError},
+    time::{rfc3339_secs, timestamp, timestamp_secs, unix_now, unix_secs, unix_us},
 };
 
 /// Tag on the certificate records a request's certificates get, naming the
@@ -48,6 +49,9 @@ pub enum RequestError {
     /// The spec or CSR is wrong, as a one-shot issue would say.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// The policy refuses the caller this request.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("{0}")]
     Invalid(String),
     /// Unknown, deleted, or somebody else's.
@@ -65,11 +69,11 @@ fn invalid(msg: impl Into<String>) -> RequestError {
     RequestError::Invalid(msg.into())
 }
 
-pub struct Requests<S, St> {
+pub struct Requests {
     auth: Arc<Authorizer>,
-    issuer: Arc<Issuer<S>>,
-    store: Arc<St>,
-    crl: Arc<CrlPublisher<S, St>>,
+    issuer: Arc<Issuer>,
+    store: Arc<dyn Store>,
+    crl: Arc<CrlPublisher>,
     cfg: RequestsConfig,
     retention: Duration,
     /// notBefore is this far before the issue time.
@@ -84,26 +88,6 @@ pub struct Requests<S, St> {
     /// Requests whose last attempt failed on the store, and when to try
     /// them again (the store could not record the retry time itself).
     backoff: Mutex<HashMap<String, i64>>,
-}
-
-fn ts(secs: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs,
-        nanos: 0,
-    }
-}
-
-fn ts_of(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn decode(row: &RequestRow) -> Result<CertificateRequest, RequestError> {
@@ -130,16 +114,19 @@ fn names_text(names_key: &str) -> String {
 
 /// Whether the failure can pass by itself (the token or store was
 /// unavailable), so the work is retried rather than the request failed.
-fn passes(e: &IssueError) -> bool {
-    matches!(e, IssueError::Build(BuildError::Sign(SignError::Token(_))))
+fn passes(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::Issue(IssueError::Build(BuildError::Sign(_)))
+    )
 }
 
-impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
+impl Requests {
     pub fn new(
         auth: Arc<Authorizer>,
-        issuer: Arc<Issuer<S>>,
-        store: Arc<St>,
-        crl: Arc<CrlPublisher<S, St>>,
+        issuer: Arc<Issuer>,
+        store: Arc<dyn Store>,
+        crl: Arc<CrlPublisher>,
         cfg: RequestsConfig,
         retention: Duration,
         backdate: Duration,
@@ -160,7 +147,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
     }
 
-    pub async fn identify(&self, peer: &Peer) -> crate::policy::identity::Identity {
+    pub async fn identify(&self, peer: &Peer) -> crate::peer::identity::Identity {
         self.auth.identify(peer).await
     }
 
@@ -168,8 +155,8 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         &self.auth
     }
 
-    pub fn store(&self) -> &St {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The caller's request `id` (with `admin_too`, an administrator's:
@@ -237,7 +224,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
         let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
-        policy.require_known(&who).map_err(IssueError::from)?;
+        policy.require_known(&who)?;
         let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
         let _one_at_a_time = if request_id.is_empty() {
             None
@@ -261,7 +248,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             }
         }
         let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
-        policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+        policy.check_rate(&grant, &who)?;
         if grant.max_live.is_some() {
             // Requests not yet issued for will each hold a certificate.
             let pending = self
@@ -276,7 +263,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 .len() as u64;
             let live = self.store.count_live(peer.uid, unix_now()).await? + pending;
             if let Some(e) = over_quota(&who, &grant, live) {
-                return Err(IssueError::from(e).into());
+                return Err(e.into());
             }
         }
         if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {
@@ -294,8 +281,8 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 state: State::Pending as i32,
                 ..Default::default()
             }),
-            create_time: Some(ts_of(now)),
-            update_time: Some(ts_of(now)),
+            create_time: Some(timestamp(now)),
+            update_time: Some(timestamp(now)),
         };
         let row = RequestRow {
             id: resource.id.clone(),
@@ -476,7 +463,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who)?;
         if csr_changed || state_of(&r) == State::Failed {
             // This update signs again: it takes from the caller's rate.
-            policy.check_rate(&grant, &who).map_err(IssueError::from)?;
+            policy.check_rate(&grant, &who)?;
         }
         let mut new = checked.spec;
         if csr_changed {
@@ -505,7 +492,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         let up_to_date = status.observed_generation == r.generation;
         r.generation += 1;
         r.spec = Some(new);
-        r.update_time = Some(ts_of(SystemTime::now()));
+        r.update_time = Some(timestamp(SystemTime::now()));
         if csr_changed || was_failed {
             // A new key, or another try at what failed: issue again.
             status.state = State::Pending as i32;
@@ -553,7 +540,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         if up_to_date {
             status.observed_generation = r.generation;
         }
-        r.update_time = Some(ts_of(SystemTime::now()));
+        r.update_time = Some(timestamp(SystemTime::now()));
         let due = row.due_at;
         self.save(row, &r, due).await?;
         tracing::info!(uid = peer.uid, id = %r.id, "asked for key rotation");
@@ -563,10 +550,10 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
     pub async fn delete(&self, peer: Peer, id: &str) -> Result<(), RequestError> {
         let who = self.auth.identify(&peer).await;
         if !self.auth.current().is_admin(&who) {
-            return Err(IssueError::from(PolicyError::Denied(format!(
+            return Err(PolicyError::Denied(format!(
                 "deleting a certificate request is for administrators, and {} is not one",
                 who.describe()
-            )))
+            ))
             .into());
         }
         let _locked = self.ids.lock(id.to_owned()).await;
@@ -658,13 +645,13 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 "renewal deferred: {} already had {limit} renewals in the last {window} \
                  (requests.renewal_limit); next attempt at {}",
                 names_text(&row.names_key),
-                rfc3339(retry)
+                rfc3339_secs(retry)
             );
-            tracing::warn!(id, names = %names_text(&row.names_key), retry = %rfc3339(retry), "renewal deferred by the rate limit");
+            tracing::warn!(id, names = %names_text(&row.names_key), retry = %rfc3339_secs(retry), "renewal deferred by the rate limit");
             let status = r.status.get_or_insert_default();
             if status.error != error {
                 status.error = error;
-                r.update_time = Some(ts_of(SystemTime::now()));
+                r.update_time = Some(timestamp(SystemTime::now()));
             }
             return self.save(row, &r, Some(retry)).await;
         }
@@ -681,11 +668,8 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             })
             .await;
         let policy = self.auth.current();
-        let outcome = match self
-            .issuer
-            .check_authorized(spec::issue_request(&spec), &policy, &who)
-        {
-            Ok((checked, _)) => self.issuer.sign(checked).await,
+        let outcome = match spec::decide(&self.issuer, &spec, &policy, &who) {
+            Ok((decided, _)) => self.issuer.sign(decided).await.map_err(RequestError::from),
             Err(e) => Err(e),
         };
         let mut issued = match outcome {
@@ -696,14 +680,14 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 let status = r.status.get_or_insert_default();
                 status.error = format!(
                     "the HSM could not sign just now; retrying at {}",
-                    rfc3339(retry)
+                    rfc3339_secs(retry)
                 );
-                r.update_time = Some(ts_of(SystemTime::now()));
+                r.update_time = Some(timestamp(SystemTime::now()));
                 return self.save(row, &r, Some(retry)).await;
             }
             Err(e) => {
                 tracing::warn!(id, error = %e, "certificate request failed");
-                let mut entry = crate::audit::AuditEntry::by(
+                let mut entry = AuditEntry::by(
                     Some(&who),
                     if renewal {
                         "renewal"
@@ -719,7 +703,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
                 status.state = State::Failed as i32;
                 status.error = format!("{e}; update the request to fix this");
                 status.observed_generation = r.generation;
-                r.update_time = Some(ts_of(SystemTime::now()));
+                r.update_time = Some(timestamp(SystemTime::now()));
                 return self.save(row, &r, None).await;
             }
         };
@@ -727,7 +711,8 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         issued.tags = BTreeMap::from([(REQUEST_TAG.to_owned(), id.to_owned())]);
         // The token has signed: that is on the record before anything else.
         self.store
-            .audit(issued.audit_entry(
+            .audit(AuditEntry::issued(
+                &issued,
                 Some(&who),
                 if renewal {
                     "renewal"
@@ -741,7 +726,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             gid: row.owner_gid,
             pid: None,
         };
-        let record = issued.to_record(&owner, String::new());
+        let record = Record::issued(&issued, &owner, String::new());
         let status = r.status.get_or_insert_default();
         let reissue = status.state() == State::Pending;
         // A new CSR replaces every earlier certificate; expired ones leave.
@@ -760,19 +745,16 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         status.certificates.push(IssuedCertificate {
             pem_certificate: record.pem.clone(),
             serial_number: record.serial.clone(),
-            not_before: Some(ts(record.not_before)),
-            expire_time: Some(ts(record.expire_time)),
+            not_before: Some(timestamp_secs(record.not_before)),
+            expire_time: Some(timestamp_secs(record.expire_time)),
         });
         status.signed_certificate = record.pem.clone();
         status.signing_root_ca = self.issuer.ca().root_pem.clone();
         status.state = State::Finished as i32;
         status.error.clear();
         status.observed_generation = r.generation;
-        r.update_time = Some(ts_of(SystemTime::now()));
-        let issued_at = issued
-            .create_time
-            .duration_since(UNIX_EPOCH)
-            .map_or(now, |d| d.as_secs() as i64);
+        r.update_time = Some(timestamp(SystemTime::now()));
+        let issued_at = unix_secs(issued.create_time);
         row.state = State::Finished as i32;
         row.due_at = auto_renew(&r).then(|| self.renew_point(issued_at, record.expire_time));
         row.resource = r.encode_to_vec();

@@ -307,7 +307,8 @@ fn record(row: &AnyRow) -> Result<Record, StoreError> {
     })
 }
 
-impl Store for SqlStore {
+#[async_trait]
+impl CertificateStore for SqlStore {
     fn announce_insert(&self) -> Announced {
         Announced::counting(&self.announced)
     }
@@ -318,32 +319,6 @@ impl Store for SqlStore {
         audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         self.write(Some(record), audit).await
-    }
-
-    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.write(None, Some(entry)).await
-    }
-
-    async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                let c = |e: sqlx::Error| StoreError::Corrupt(format!("audit log: {e}"));
-                Ok(AuditRow {
-                    seq: r.try_get("seq").map_err(c)?,
-                    entry: r.try_get("entry").map_err(c)?,
-                    prev_hash: r.try_get("prev_hash").map_err(c)?,
-                    hash: r.try_get("hash").map_err(c)?,
-                })
-            })
-            .collect()
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
@@ -553,7 +528,10 @@ impl Store for SqlStore {
             })
             .collect()
     }
+}
 
+#[async_trait]
+impl RequestStore for SqlStore {
     async fn create_request(&self, row: RequestRow) -> Result<(), StoreError> {
         requests::create(&self.pool, &row).await
     }
@@ -603,7 +581,39 @@ impl Store for SqlStore {
     async fn renewals_since(&self, names_key: &str, since: i64) -> Result<Vec<i64>, StoreError> {
         requests::renewals_since(&self.pool, names_key, since).await
     }
+}
 
+#[async_trait]
+impl AuditStore for SqlStore {
+    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.write(None, Some(entry)).await
+    }
+
+    async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let c = |e: sqlx::Error| StoreError::Corrupt(format!("audit log: {e}"));
+                Ok(AuditRow {
+                    seq: r.try_get("seq").map_err(c)?,
+                    entry: r.try_get("entry").map_err(c)?,
+                    prev_hash: r.try_get("prev_hash").map_err(c)?,
+                    hash: r.try_get("hash").map_err(c)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl CrlStore for SqlStore {
     async fn last_crl(&self) -> Result<Option<CrlRecord>, StoreError> {
         let row = sqlx::query("SELECT number, this_update, next_update, pem FROM crl WHERE id = 1")
             .fetch_optional(&self.pool)

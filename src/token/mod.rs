@@ -64,6 +64,21 @@ pub enum TokenError {
     Other(String),
 }
 
+/// The signing contract's view of a token error: what the caller should
+/// do. The PKCS#11 detail stays in the message (for the log).
+impl From<TokenError> for crate::signing::SignError {
+    fn from(e: TokenError) -> Self {
+        use crate::signing::SignError;
+        match e {
+            TokenError::Busy => SignError::Busy,
+            TokenError::Stopped => SignError::Stopped,
+            TokenError::Unavailable => SignError::Unavailable,
+            TokenError::Rejected { .. } => SignError::Rejected(e.to_string()),
+            other => SignError::Failed(other.to_string()),
+        }
+    }
+}
+
 impl TokenError {
     pub(crate) fn from_ck(e: CkError) -> Self {
         match e {
