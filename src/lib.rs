@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crl;
 pub mod issue;

@@ -28,7 +28,7 @@ use self::{
     wave::WaveResult,
 };
 use crate::{
-    cli::{CliResult, client::connect},
+    client::{CliResult, connect},
     proto::{
         GenerateClientCertificateRequest, certificate_authority_client::CertificateAuthorityClient,
     },
@@ -187,12 +187,12 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     };
     let json = serde_json::to_string_pretty(&report)? + "\n";
     if let Some(path) = &args.json_out {
-        crate::cli::client::write_out(Some(path), &json)?;
+        crate::client::write_out(Some(path), &json)?;
     }
     if args.json {
-        crate::cli::client::write_out(None, &json)?;
+        crate::client::write_out(None, &json)?;
     } else {
-        crate::cli::client::write_out(None, &text(&report))?;
+        crate::client::write_out(None, &text(&report))?;
     }
     Ok(())
 }
@@ -352,7 +352,7 @@ async fn replay(
         let reply = client
             .generate_client_certificate(req.clone())
             .await
-            .map_err(crate::cli::client::status_error)?
+            .map_err(crate::client::status_error)?
             .into_inner();
         requests.push(req);
         expected.push(reply);
