@@ -3,6 +3,9 @@
 //! find the CA key unambiguously. Signing happens in [`pool`], on threads that
 //! own their sessions; nothing here runs on the async runtime.
 
+// The fault hook is for tests only: the shipped build gets a stand-in
+// without behaviour (see faults_off.rs).
+#[cfg_attr(not(feature = "test-faults"), path = "faults_off.rs")]
 pub mod faults;
 pub mod keygen;
 pub mod pool;
