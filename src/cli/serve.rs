@@ -24,7 +24,7 @@ use crate::{
         socket::{self, Activated, BoundSocket, SocketFile},
     },
     signing::{DigestSigner, SignError, SignatureScheme},
-    store::sql::SqlStore,
+    store::sqlite::SqliteStore,
     systemd::{self as sd, Probe},
     token::{
         CaKey, KeySelector, Token,
@@ -281,7 +281,7 @@ async fn serve_with(
     self_test(&pool, &ca).await?;
     let token_state = pool.state();
     sd::status("opening the store");
-    let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
+    let store = Arc::new(SqliteStore::open_sqlite(&cfg.state.dir).await?);
     let probe_pool = pool.clone();
     let issuer = Arc::new(
         Issuer::new(

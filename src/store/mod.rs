@@ -2,10 +2,10 @@
 //! exact reply it was handed out in, is committed before the reply leaves;
 //! the request_id index makes retries safe; revocations feed the CRL.
 //!
-//! [`Store`] is the seam for storage engines; [`sql::SqlStore`] is the
+//! [`Store`] is the seam for storage engines; [`sqlite::SqliteStore`] is the
 //! embedded SQLite store.
 
-pub mod sql;
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 
