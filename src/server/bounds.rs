@@ -44,7 +44,7 @@ use tonic::{
     transport::server::{Connected, UdsConnectInfo},
 };
 
-use super::authority::AuthorityFix;
+use super::http2_authority::AuthorityFix;
 use crate::metrics::metrics;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4) is 24 bytes.

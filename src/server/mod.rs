@@ -2,10 +2,10 @@
 //! bound listener and a shutdown future, so tests and socket activation can
 //! hand it their own.
 
-pub mod authority;
 pub mod bounds;
 pub mod errors;
 pub mod health;
+pub mod http2_authority;
 pub mod inflight;
 pub mod replies;
 pub mod requests;
