@@ -268,6 +268,32 @@ fn push<E: ToExtension<Error = der::Error>>(
     Ok(())
 }
 
+/// The purposes of a leaf; for an intermediate, those its leaves may have
+/// (the granting rule's: an EKU in a CA certificate constrains the chain),
+/// and none when the rule gives none.
+fn extended_key_usage(
+    profile: LeafProfile,
+    permitted: Option<&Permitted>,
+) -> Option<ExtendedKeyUsage> {
+    let ekus = match profile {
+        LeafProfile::Client => vec![ID_KP_CLIENT_AUTH],
+        LeafProfile::Server => vec![ID_KP_SERVER_AUTH],
+        LeafProfile::Intermediate => {
+            let mut ekus = Vec::new();
+            if let Some(p) = permitted {
+                if p.client {
+                    ekus.push(ID_KP_CLIENT_AUTH);
+                }
+                if p.server {
+                    ekus.push(ID_KP_SERVER_AUTH);
+                }
+            }
+            ekus
+        }
+    };
+    (!ekus.is_empty()).then_some(ExtendedKeyUsage(ekus))
+}
+
 pub async fn build_leaf<S: DigestSigner + ?Sized>(
     signer: &S,
     issuer: &IssuerInfo,
@@ -298,33 +324,8 @@ pub async fn build_leaf<S: DigestSigner + ?Sized>(
         usage
     };
     push(&mut exts, &subject, &KeyUsage(usage))?;
-    match spec.profile {
-        LeafProfile::Client => push(
-            &mut exts,
-            &subject,
-            &ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]),
-        )?,
-        LeafProfile::Server => push(
-            &mut exts,
-            &subject,
-            &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
-        )?,
-        LeafProfile::Intermediate => {
-            // The purposes its leaves may have: those the granting rule
-            // allows (an EKU in a CA certificate constrains the chain).
-            let mut ekus = Vec::new();
-            if let Some(p) = &spec.permitted {
-                if p.client {
-                    ekus.push(ID_KP_CLIENT_AUTH);
-                }
-                if p.server {
-                    ekus.push(ID_KP_SERVER_AUTH);
-                }
-            }
-            if !ekus.is_empty() {
-                push(&mut exts, &subject, &ExtendedKeyUsage(ekus))?;
-            }
-        }
+    if let Some(eku) = extended_key_usage(spec.profile, spec.permitted.as_ref()) {
+        push(&mut exts, &subject, &eku)?;
     }
     push(
         &mut exts,

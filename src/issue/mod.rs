@@ -280,21 +280,7 @@ impl Issuer {
             lifetime = lifetime.min(cap);
         }
         let kind = subject_key::check_subject_key(&spki)?;
-        if names.is_empty() {
-            return Err(invalid(
-                "the certificate would name nobody: give a common_name or at least one DNS name, URI or IP address",
-            ));
-        }
-        if names.has_wildcard() && profile != LeafProfile::Server {
-            return Err(invalid(
-                "wildcard DNS names are only issued with the \"server\" profile",
-            ));
-        }
-        if profile == LeafProfile::Intermediate && names.common_name.is_none() {
-            return Err(invalid(
-                "an intermediate CA needs a subject: give it a common name",
-            ));
-        }
+        check_names_fit(&names, profile)?;
 
         let now = SystemTime::now();
         let not_before = now - self.backdate;
@@ -387,6 +373,27 @@ impl Issuer {
             key_label: self.key_label.clone(),
         })
     }
+}
+
+/// The names a profile's certificate may carry: someone, no wildcard
+/// outside a server certificate, and a subject for an intermediate.
+fn check_names_fit(names: &Names, profile: LeafProfile) -> Result<(), IssueError> {
+    if names.is_empty() {
+        return Err(invalid(
+            "the certificate would name nobody: give a common_name or at least one DNS name, URI or IP address",
+        ));
+    }
+    if names.has_wildcard() && profile != LeafProfile::Server {
+        return Err(invalid(
+            "wildcard DNS names are only issued with the \"server\" profile",
+        ));
+    }
+    if profile == LeafProfile::Intermediate && names.common_name.is_none() {
+        return Err(invalid(
+            "an intermediate CA needs a subject: give it a common name",
+        ));
+    }
+    Ok(())
 }
 
 /// Lowercase hex of the serial's value, without the DER sign byte: what
