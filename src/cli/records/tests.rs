@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use prost_types::Timestamp;
+
 use super::*;
 use crate::proto::client_certificate::State;
-use prost_types::Timestamp;
 
 fn ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos })
@@ -114,14 +115,14 @@ serial:       5f3a9c0e11d24b7a8e6f0a1b2c3d4e5f
 subject:      CN=demo
 state:        ACTIVE
 dns names:    demo.example
-          alt.example
+              alt.example
 ip addresses: 192.0.2.1
 not before:   2024-02-29T11:59:00Z
 expires:      2024-03-01T00:00:00Z
 created:      2024-02-29T12:00:00Z
 description:  for the demo
 tags:         env=prod
-          team=a b=c
+              team=a b=c
 request id:   6f1c0a2e-1111-4222-8333-444455556666
 ";
     assert_eq!(record_block(&sample()), want);
@@ -140,7 +141,7 @@ not before:   -
 expires:      -
 created:      -
 description:  two
-          lines\\u{1b}[31m
+              lines\\u{1b}[31m
 tags:
 ";
     assert_eq!(record_block(&bare), want);
