@@ -50,13 +50,7 @@ impl Requests {
                 row.state = state_of(&r) as i32;
                 row.due_at = self.due_at(&r, now);
                 self.store
-                    .commit_request(RequestChange {
-                        row,
-                        issued: None,
-                        revoke: Vec::new(),
-                        revocation: None,
-                        renewal_at: None,
-                    })
+                    .commit_request(RequestChange::row_only(row))
                     .await?;
                 return Ok(());
             }

@@ -273,13 +273,7 @@ impl Requests {
         let id = row.id.clone();
         let found = self
             .store
-            .commit_request(RequestChange {
-                row,
-                issued: None,
-                revoke: Vec::new(),
-                revocation: None,
-                renewal_at: None,
-            })
+            .commit_request(RequestChange::row_only(row))
             .await?;
         if !found {
             return Err(RequestError::NotFound(id));

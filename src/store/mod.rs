@@ -159,6 +159,19 @@ pub struct RequestChange {
     pub renewal_at: Option<i64>,
 }
 
+impl RequestChange {
+    /// A change of the request row alone: nothing issued or revoked.
+    pub fn row_only(row: RequestRow) -> Self {
+        Self {
+            row,
+            issued: None,
+            revoke: Vec::new(),
+            revocation: None,
+            renewal_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RequestQuery {
     /// Only this owner's requests; `None` lists everyone's (admins).

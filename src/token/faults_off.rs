@@ -9,15 +9,7 @@ use cryptoki::error::Error as CkError;
 /// The environment variable that arms the hook in test builds.
 pub const ENV: &str = "HSMCA_TEST_FAULTS";
 
-/// The PKCS#11 calls a test build can inject faults into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Initialize,
-    OpenSession,
-    Login,
-    FindObjects,
-    Sign,
-}
+pub use super::Op;
 
 /// Never armed.
 #[derive(Debug, Default)]

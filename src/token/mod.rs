@@ -7,6 +7,17 @@
 // without behaviour (see faults_off.rs).
 #[cfg_attr(not(feature = "test-faults"), path = "faults_off.rs")]
 pub mod faults;
+
+/// The PKCS#11 calls the test build's fault hook can fail or stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Initialize,
+    OpenSession,
+    Login,
+    FindObjects,
+    Sign,
+}
+
 pub mod keygen;
 pub mod pool;
 pub mod pubkey;
@@ -24,7 +35,7 @@ use cryptoki::{
 use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 
-use self::faults::{FaultInjector, Op};
+use self::faults::FaultInjector;
 use crate::config::{KeyType, TokenLocator};
 
 #[derive(Debug, thiserror::Error)]

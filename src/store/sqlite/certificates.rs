@@ -236,11 +236,7 @@ impl CertificateStore for SqliteStore {
                 " AND EXISTS (SELECT 1 FROM certificate_tags t WHERE t.cert_id = c.id AND t.tag_key = {k} AND t.tag_value = {v})"
             );
         }
-        if q.after.is_some() {
-            let (t1, t2, i) = (next(), next(), next());
-            sql += &format!(" AND (create_time < {t1} OR (create_time = {t2} AND id < {i}))");
-        }
-        sql += &format!(" ORDER BY create_time DESC, id DESC LIMIT {}", next());
+        sql += &super::newest_first_page(q.after.is_some(), &mut next);
 
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(uid) = q.owner_uid {

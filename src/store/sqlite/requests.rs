@@ -112,11 +112,7 @@ async fn list(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<RequestRow>, Store
     if q.state.is_some() {
         sql += &format!(" AND state = {}", next());
     }
-    if q.after.is_some() {
-        let (t1, t2, i) = (next(), next(), next());
-        sql += &format!(" AND (create_time < {t1} OR (create_time = {t2} AND id < {i}))");
-    }
-    sql += &format!(" ORDER BY create_time DESC, id DESC LIMIT {}", next());
+    sql += &super::newest_first_page(q.after.is_some(), &mut next);
     let mut query = sqlx::query(AssertSqlSafe(sql));
     if let Some(uid) = q.owner_uid {
         query = query.bind(i64::from(uid));
