@@ -142,13 +142,18 @@ impl<S: DigestSigner, St: Store> CrlPublisher<S, St> {
             .iter()
             .map(|e| entry(e, &issuer_name))
             .collect::<Result<Vec<_>, CrlError>>()?;
-        let builder = CrlBuilder::new_with_this_update(
+        let mut builder = CrlBuilder::new_with_this_update(
             &self.ca.issuing,
             CrlNumber::try_from(number as u64)?,
             Time::try_from(this_update)?,
         )?
-        .with_next_update(Some(Time::try_from(next_update)?))
-        .with_certificates(entries.into_iter());
+        .with_next_update(Some(Time::try_from(next_update)?));
+        // RFC 5280 §5.1.2.6: with no entries, revokedCertificates MUST be
+        // absent, not an empty SEQUENCE (the builder adds one when given an
+        // empty list).
+        if !entries.is_empty() {
+            builder = builder.with_certificates(entries.into_iter());
+        }
         let crl = sign_with(builder, self.signer.as_ref()).await?;
         let record = CrlRecord {
             number,
