@@ -16,6 +16,7 @@ pub mod keyed_locks;
 pub mod metrics;
 pub mod names;
 pub mod peer;
+pub mod pem_input;
 pub mod pin;
 pub mod pkcs11_uri;
 pub mod policy;
