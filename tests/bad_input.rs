@@ -24,6 +24,17 @@ fn tampered_csr(key: &KeyPair) -> String {
     b64(&der)
 }
 
+/// A CSR whose version INTEGER is `v` (openssl writes 0, the only version).
+fn csr_with_version(key: &KeyPair, v: u8) -> String {
+    let pem = key.csr("/CN=x", None);
+    let (_, mut der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+    // SEQUENCE { SEQUENCE { INTEGER 0, ...: the first 02 01 00.
+    let pos = der.windows(3).position(|w| w == [2, 1, 0]).unwrap();
+    assert!(pos < 10);
+    der[pos + 2] = v;
+    b64(&der)
+}
+
 /// `pem` re-wrapped as other tools write it: `width` columns, `eol` line ends.
 fn rewrap(pem: &str, width: usize, eol: &str) -> String {
     let mut lines = pem.lines();
@@ -307,6 +318,22 @@ async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
             "bad URI",
             with_key(&|r| r.uri_sans = vec!["not a uri".into()]),
             "not a uri",
+        ),
+        (
+            "CSR asking for an email name",
+            Req {
+                pem_csr: good.csr("/CN=x", Some("email:a@example.org")),
+                ..Default::default()
+            },
+            "asks for an email (rfc822Name) subjectAltName",
+        ),
+        (
+            "CSR of version 2",
+            Req {
+                pem_csr: csr_with_version(&good, 1),
+                ..Default::default()
+            },
+            "version field is 1; PKCS#10 has only v1",
         ),
         (
             "wildcard on a client certificate",
