@@ -320,6 +320,16 @@ async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
             "not a uri",
         ),
         (
+            "A-label that IDNA does not allow",
+            with_key(&|r| r.dns_names = vec!["xn--a.example".into()]),
+            "label \"xn--a\" is not a valid A-label",
+        ),
+        (
+            "reserved LDH label",
+            with_key(&|r| r.dns_names = vec!["ab--cd.example".into()]),
+            "label \"ab--cd\" is a reserved label",
+        ),
+        (
             "CSR asking for an email name",
             Req {
                 pem_csr: good.csr("/CN=x", Some("email:a@example.org")),
