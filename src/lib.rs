@@ -24,6 +24,7 @@ pub mod proto;
 pub mod requests;
 pub mod server;
 pub mod signing;
+pub mod spiffe_id;
 pub mod store;
 pub mod systemd;
 pub mod token;

@@ -228,6 +228,12 @@ fn check_uri(uri: &str) -> Result<String, NameError> {
     if parsed.authority().is_none() && parsed.path().as_str().is_empty() {
         return Err(err("nothing after the scheme"));
     }
+    // A spiffe: URI is read by SPIFFE libraries, which accept far less than
+    // RFC 3986 does.
+    if crate::spiffe_id::has_spiffe_scheme(uri) {
+        crate::spiffe_id::SpiffeId::parse(uri)
+            .map_err(|e| err(&format!("not a valid SPIFFE ID: {e}")))?;
+    }
     Ok(uri.to_owned())
 }
 
@@ -342,6 +348,7 @@ mod tests {
     #[test]
     fn uris() {
         assert!(check_uri("spiffe://example.org/ns/a/sa/b").is_ok());
+        assert!(check_uri("spiffe://example.org").is_ok());
         assert!(check_uri("https://example.com/x?y=1").is_ok());
         assert!(check_uri("urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66").is_ok());
         for bad in [
@@ -353,6 +360,51 @@ mod tests {
             "a:",
         ] {
             assert!(check_uri(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn spiffe_uris_must_be_spiffe_ids() {
+        // Each is a valid RFC 3986 URI that SPIFFE libraries reject.
+        for (bad, why) in [
+            ("spiffe://example.org/ns/*", "'*' is not allowed in a path"),
+            ("spiffe://example.org/..;", "';' is not allowed"),
+            ("spiffe://example.org/x;y=z", "';' is not allowed"),
+            ("spiffe://example.org/x:y", "':' is not allowed"),
+            ("spiffe://example.org/a/../b", "\"..\" segment"),
+            ("spiffe://example.org/a//b", "empty segment"),
+            ("spiffe://example.org/a/", "empty segment"),
+            ("spiffe://example.org/w%65b", "'%'"),
+            ("spiffe://example.org/x?q", "'?'"),
+            ("spiffe://example.org/x#f", "'#'"),
+            (
+                "spiffe://example.org:443/x",
+                "':' is not allowed in a trust domain",
+            ),
+            ("spiffe://u@example.org/x", "'@'"),
+            ("spiffe://Example.org/x", "'E'"),
+            ("SPIFFE://example.org/x", "lowercase"),
+            ("spiffe:example.org", "lowercase"),
+        ] {
+            match check_uri(bad) {
+                Err(NameError::Uri(u, reason)) => {
+                    assert_eq!(u, bad);
+                    assert!(
+                        reason.contains("not a valid SPIFFE ID") && reason.contains(why),
+                        "{bad}: {reason}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Other schemes keep RFC 3986's rules.
+        for ok in [
+            "https://example.org/x;y=z",
+            "https://example.org/a/../b",
+            "https://example.org:443/w%65b?q#f",
+            "urn:example:a:b",
+        ] {
+            assert!(check_uri(ok).is_ok(), "{ok}");
         }
     }
 

@@ -330,6 +330,29 @@ async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
             "label \"ab--cd\" is a reserved label",
         ),
         (
+            "spiffe URI with a parameter",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org/ns/x;y=z".into()]),
+            "not a valid SPIFFE ID: ';' is not allowed in a path segment",
+        ),
+        (
+            "spiffe URI with a dot-dot segment",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org/a/../b".into()]),
+            "not a valid SPIFFE ID",
+        ),
+        (
+            "spiffe URI with a port",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org:8443/x".into()]),
+            "not a valid SPIFFE ID",
+        ),
+        (
+            "CSR asking for a SPIFFE ID that is not one",
+            Req {
+                pem_csr: good.csr("/CN=x", Some("URI:spiffe://example.org/*")),
+                ..Default::default()
+            },
+            "'*' is not allowed",
+        ),
+        (
             "CSR asking for an email name",
             Req {
                 pem_csr: good.csr("/CN=x", Some("email:a@example.org")),
