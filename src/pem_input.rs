@@ -8,7 +8,8 @@
 //! form and let that decoder check the label and the base64 itself.
 //!
 //! Lax only where the RFC allows it: explanatory text before a `-----BEGIN`
-//! line (RFC 7468 §2), any line length, CR/LF/blanks inside the base64.
+//! line (RFC 7468 §2), any line length, CRLF, CR or LF line ends, blanks
+//! inside the base64.
 //! Refused: headers (`Proc-Type:`, `DEK-Info:`: an encrypted RFC 1421 key is
 //! not what any field here takes), a `-----BEGIN` without its matching
 //! `-----END`, text after the last block, bad base64, and — in
@@ -67,7 +68,9 @@ pub fn decode_all(text: &[u8]) -> Result<Vec<Block>, PemError> {
     let mut open: Option<(String, String)> = None;
     // Whether a line that is not blank came after the last END line.
     let mut trailing = false;
-    for line in text.split('\n') {
+    // RFC 7468's eol is CRLF, CR or LF; a CRLF makes an extra empty line,
+    // which is ignored like any blank line.
+    for line in text.split(['\n', '\r']) {
         let line = line.trim_matches(is_blank);
         if let Some((label, body)) = open.as_mut() {
             if let Some(end) = boundary(line, "-----END ") {
@@ -107,7 +110,7 @@ pub fn decode_all(text: &[u8]) -> Result<Vec<Block>, PemError> {
 
 /// RFC 7468's W production (whitespace) as it appears within a line.
 fn is_blank(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\r' | '\x0b' | '\x0c')
+    matches!(c, ' ' | '\t' | '\x0b' | '\x0c')
 }
 
 /// The label of `-----BEGIN LABEL-----` (with `prefix` "-----BEGIN ").
@@ -174,7 +177,7 @@ mod tests {
     fn any_line_length_and_line_ending_is_read() {
         let der = long_der();
         for width in [64, 76, 1, 3, 63, 65, 1000] {
-            for eol in ["\n", "\r\n", " \n", "\t\r\n"] {
+            for eol in ["\n", "\r\n", "\r", " \n", "\t\r\n"] {
                 let text = wrapped("PUBLIC KEY", &der, width, eol);
                 let block = decode_one(text.as_bytes())
                     .unwrap_or_else(|e| panic!("width {width}, eol {eol:?}: {e}"));
