@@ -1,4 +1,4 @@
-//! The HTTP/2 `:authority` rewriter (`server::authority::AuthorityFix`)
+//! The HTTP/2 `:authority` rewriter (`server::http2_authority::AuthorityFix`)
 //! and the vendored HPACK decoder under it: what a client sends before any
 //! gRPC handler runs.
 //!
@@ -31,7 +31,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use hsmca::server::authority::AuthorityFix;
+use hsmca::server::http2_authority::AuthorityFix;
 use libfuzzer_sys::fuzz_target;
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, ReadBuf};

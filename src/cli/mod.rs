@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub use crate::client::CliResult;
 
 #[derive(Parser, Debug)]
 #[command(
