@@ -65,8 +65,9 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # with keys on the token from the tests; systemd: systemd-analyze (the unit
 # files are verified and scored) and systemd-socket-activate (socket
 # activation is tested with it). Neither needs systemd to be running.
+# gnutls-bin: certtool, the third verifier of the conformance matrix.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd; do
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd gnutls-bin; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.

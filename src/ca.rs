@@ -219,11 +219,29 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<Certificate>, CaError> {
     parse_pem_certs(&bytes, &path.display().to_string())
 }
 
+/// Every certificate in a PEM file, read as leniently as RFC 7468 §3 allows
+/// (see [`crate::pem_input`]); a block that is not a CERTIFICATE is refused.
 pub fn parse_pem_certs(bytes: &[u8], what: &str) -> Result<Vec<Certificate>, CaError> {
-    Certificate::load_pem_chain(bytes).map_err(|e| CaError::Pem {
+    let err = |reason: String| CaError::Pem {
         what: what.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    crate::pem_input::decode_all(bytes)
+        .map_err(|e| err(e.to_string()))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, block)| {
+            if block.label != "CERTIFICATE" {
+                return Err(err(format!(
+                    "block {} is a PEM {:?} block, not a CERTIFICATE",
+                    i + 1,
+                    block.label
+                )));
+            }
+            der::Decode::from_der(&block.der)
+                .map_err(|e| err(format!("certificate {}: {e}", i + 1)))
+        })
+        .collect()
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a
@@ -247,4 +265,58 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), CaError> {
     .map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed P-256 CA certificate (also the fuzz targets' issuer).
+    const CA_PEM: &str = include_str!("../fuzz/ca.pem");
+
+    /// `pem` re-wrapped at `width` columns with `eol` line ends.
+    fn rewrap(pem: &str, width: usize, eol: &str) -> String {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut out = format!("-----BEGIN CERTIFICATE-----{eol}");
+        for chunk in body.as_bytes().chunks(width) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push_str(eol);
+        }
+        out + "-----END CERTIFICATE-----" + eol
+    }
+
+    #[test]
+    fn chains_as_other_tools_write_them_are_read() {
+        let strict = parse_pem_certs(CA_PEM.as_bytes(), "ca.pem").unwrap();
+        assert_eq!(strict.len(), 1);
+        let mime = format!(
+            "{}\n{}  \n",
+            rewrap(CA_PEM, 76, "\r\n"),
+            rewrap(CA_PEM, 80, " \n")
+        );
+        let certs = parse_pem_certs(mime.as_bytes(), "chain.pem").unwrap();
+        assert_eq!(certs, vec![strict[0].clone(), strict[0].clone()]);
+    }
+
+    #[test]
+    fn chains_with_other_blocks_or_garbage_are_refused() {
+        let key = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        for (text, needle) in [
+            (
+                format!("{CA_PEM}{key}"),
+                "block 2 is a PEM \"PUBLIC KEY\" block",
+            ),
+            (format!("{CA_PEM}garbage\n"), "text after the last -----END"),
+            (
+                CA_PEM.replace("-----\n", "-----\nProc-Type: 4,ENCRYPTED\n"),
+                "header line",
+            ),
+            (CA_PEM.replacen('M', "!", 1), "not valid PEM"),
+        ] {
+            let err = parse_pem_certs(text.as_bytes(), "chain.pem")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+    }
 }

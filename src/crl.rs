@@ -4,18 +4,25 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use der::{EncodePem, pem::LineEnding};
+use der::{
+    EncodePem,
+    asn1::{BitString, ObjectIdentifier, OctetString},
+    pem::LineEnding,
+};
+use signature::Keypair;
+use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey};
 use tokio::sync::{Mutex, RwLock};
 use x509_cert::{
-    builder::CrlBuilder,
-    crl::RevokedCert,
+    builder::Builder,
+    crl::{CertificateList, RevokedCert, TbsCertList},
     ext::{
         ToExtension,
-        pkix::{CrlNumber, CrlReason},
+        pkix::{AuthorityKeyIdentifier, CrlNumber, CrlReason},
     },
+    name::Name,
     serial_number::SerialNumber,
     time::Time,
 };
@@ -120,14 +127,15 @@ impl CrlPublisher {
             .iter()
             .map(|e| entry(e, &issuer_name))
             .collect::<Result<Vec<_>, CrlError>>()?;
-        let builder = CrlBuilder::new_with_this_update(
-            &self.ca.issuing,
-            CrlNumber::try_from(number as u64)?,
-            Time::try_from(this_update)?,
-        )?
-        .with_next_update(Some(Time::try_from(next_update)?))
-        .with_certificates(entries.into_iter());
-        let crl = sign_with(builder, self.signer.as_ref()).await?;
+        let tbs = CrlTbs::new(
+            issuer_name,
+            &self.ca.issuer.key_id,
+            number,
+            this_update,
+            next_update,
+            entries,
+        )?;
+        let crl = sign_with(tbs, self.signer.as_ref()).await?;
         let record = CrlRecord {
             number,
             this_update: now,
@@ -163,6 +171,78 @@ impl CrlPublisher {
             };
             tokio::time::sleep(Duration::from_secs(wait)).await;
         }
+    }
+}
+
+/// A TBSCertList made here rather than by x509-cert's `CrlBuilder`, which
+/// gets two things wrong for hsmca: it copies the authorityKeyIdentifier of
+/// the issuing certificate itself — the key of the CA *above* it when hsmca
+/// is an intermediate, so OpenSSL cannot match the CRL to its issuer — and
+/// it writes an empty revokedCertificates SEQUENCE when nothing is revoked.
+/// RFC 5280 §5.2.1: the CRL's AKI identifies the key that signed the CRL;
+/// §5.1.2.6: with no entries, revokedCertificates MUST be absent.
+struct CrlTbs(TbsCertList);
+
+impl CrlTbs {
+    fn new(
+        issuer: Name,
+        key_id: &[u8],
+        number: i64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        entries: Vec<RevokedCert>,
+    ) -> Result<Self, CrlError> {
+        let number = CrlNumber::try_from(u64::try_from(number).unwrap_or(0))?;
+        let aki = AuthorityKeyIdentifier {
+            key_identifier: Some(OctetString::new(key_id)?),
+            ..Default::default()
+        };
+        let extensions = vec![
+            number.to_extension(&issuer, &[])?,
+            aki.to_extension(&issuer, &[])?,
+        ];
+        Ok(Self(TbsCertList {
+            version: x509_cert::Version::V2,
+            // Replaced by the signer's in `finalize`.
+            signature: AlgorithmIdentifierOwned {
+                oid: ObjectIdentifier::new_unwrap("0.0.0"),
+                parameters: None,
+            },
+            issuer,
+            this_update: Time::try_from(this_update)?,
+            next_update: Some(Time::try_from(next_update)?),
+            revoked_certificates: (!entries.is_empty()).then_some(entries),
+            crl_extensions: Some(extensions),
+        }))
+    }
+}
+
+impl Builder for CrlTbs {
+    type Output = CertificateList;
+
+    fn finalize<S>(&mut self, signer: &S) -> x509_cert::builder::Result<Vec<u8>>
+    where
+        S: Keypair + DynSignatureAlgorithmIdentifier,
+        S::VerifyingKey: EncodePublicKey,
+    {
+        self.0.signature = signer.signature_algorithm_identifier()?;
+        Ok(der::Encode::to_der(&self.0)?)
+    }
+
+    fn assemble<S>(
+        self,
+        signature: BitString,
+        _signer: &S,
+    ) -> x509_cert::builder::Result<CertificateList>
+    where
+        S: Keypair + DynSignatureAlgorithmIdentifier,
+        S::VerifyingKey: EncodePublicKey,
+    {
+        Ok(CertificateList {
+            signature_algorithm: self.0.signature.clone(),
+            tbs_cert_list: self.0,
+            signature,
+        })
     }
 }
 

@@ -29,7 +29,7 @@ pub enum NameError {
     #[error("common_name contains a control character")]
     CommonNameControl,
     #[error("dns name {0:?} is not a valid host name ({1})")]
-    Dns(String, &'static str),
+    Dns(String, String),
     #[error("uri {0:?} is not an absolute URI ({1})")]
     Uri(String, String),
     #[error("ip address {0:?} is not an IPv4 or IPv6 address")]
@@ -154,7 +154,7 @@ fn check_common_name(cn: &str) -> Result<String, NameError> {
 /// A host name in preferred name syntax (RFC 1034 §3.5 as relaxed by RFC
 /// 1123), lowercased; `*.` is allowed as the whole leftmost label.
 pub fn check_dns(name: &str) -> Result<String, NameError> {
-    let err = |why| NameError::Dns(name.to_owned(), why);
+    let err = |why: &str| NameError::Dns(name.to_owned(), why.to_owned());
     if name.is_empty() {
         return Err(err("empty"));
     }
@@ -185,8 +185,35 @@ pub fn check_dns(name: &str) -> Result<String, NameError> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(err("a label cannot start or end with '-'"));
         }
+        check_reserved_ldh(label).map_err(|why| err(&format!("label {label:?} {why}")))?;
     }
     Ok(lower)
+}
+
+/// RFC 5890 §2.3.1: a label with `--` in its third and fourth characters is
+/// reserved; the only ones in use are A-labels (`xn--`), and an A-label is
+/// valid only if it is the IDNA encoding of a valid U-label — decoded and
+/// encoded again, it must come back unchanged. Relying parties that check
+/// IDNA (browsers, Go's x509) refuse the rest, so hsmca does not issue them.
+fn check_reserved_ldh(label: &str) -> Result<(), &'static str> {
+    if label.get(2..4) != Some("--") {
+        return Ok(());
+    }
+    let Some(punycode) = label.strip_prefix("xn--") else {
+        return Err(
+            "is a reserved label ('--' in the third and fourth characters is only for xn-- A-labels)",
+        );
+    };
+    let unicode = idna::punycode::decode_to_string(punycode)
+        .ok_or("is not a valid A-label (its Punycode does not decode)")?;
+    if unicode.is_ascii() {
+        return Err("is not a valid A-label (it encodes no non-ASCII character)");
+    }
+    match idna::domain_to_ascii_strict(&unicode) {
+        Ok(again) if again == label => Ok(()),
+        Ok(_) => Err("is not a valid A-label (decoded and encoded again it is not the same)"),
+        Err(_) => Err("is not a valid A-label (it decodes to a label IDNA does not allow)"),
+    }
 }
 
 fn check_uri(uri: &str) -> Result<String, NameError> {
@@ -200,6 +227,12 @@ fn check_uri(uri: &str) -> Result<String, NameError> {
     let parsed = fluent_uri::Uri::parse(uri).map_err(|e| err(&e.to_string()))?;
     if parsed.authority().is_none() && parsed.path().as_str().is_empty() {
         return Err(err("nothing after the scheme"));
+    }
+    // A spiffe: URI is read by SPIFFE libraries, which accept far less than
+    // RFC 3986 does.
+    if crate::spiffe_id::has_spiffe_scheme(uri) {
+        crate::spiffe_id::SpiffeId::parse(uri)
+            .map_err(|e| err(&format!("not a valid SPIFFE ID: {e}")))?;
     }
     Ok(uri.to_owned())
 }
@@ -290,6 +323,17 @@ mod tests {
             check_dns("xn--bcher-kva.example").unwrap(),
             "xn--bcher-kva.example"
         );
+        assert_eq!(
+            check_dns("XN--BCHER-KVA.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            check_dns("*.xn--fiqs8s.example").unwrap(),
+            "*.xn--fiqs8s.example"
+        );
+        // '--' elsewhere than the third and fourth characters is plain LDH.
+        assert!(check_dns("a--b.example").is_ok());
+        assert!(check_dns("abc--d.example").is_ok());
         for bad in [
             "",
             "a..b",
@@ -310,8 +354,37 @@ mod tests {
     }
 
     #[test]
+    fn reserved_and_invalid_a_labels_are_refused_by_label() {
+        for (name, label, why) in [
+            ("xn--a.example", "xn--a", "IDNA does not allow"),
+            (
+                "xn--zzzzzzzzzzzzzz.example",
+                "xn--zzzzzzzzzzzzzz",
+                "does not decode",
+            ),
+            ("ab--cd.example", "ab--cd", "reserved label"),
+            ("www.XN--ZZ.example", "xn--zz", "not a valid A-label"),
+            // U+0301 COMBINING ACUTE ACCENT alone: IDNA forbids a label
+            // that starts with a combining mark.
+            ("xn--9ua.example", "xn--9ua", "IDNA does not allow"),
+        ] {
+            match check_dns(name) {
+                Err(NameError::Dns(n, reason)) => {
+                    assert_eq!(n, name);
+                    assert!(
+                        reason.contains(&format!("label {label:?}")) && reason.contains(why),
+                        "{name}: {reason}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn uris() {
         assert!(check_uri("spiffe://example.org/ns/a/sa/b").is_ok());
+        assert!(check_uri("spiffe://example.org").is_ok());
         assert!(check_uri("https://example.com/x?y=1").is_ok());
         assert!(check_uri("urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66").is_ok());
         for bad in [
@@ -323,6 +396,51 @@ mod tests {
             "a:",
         ] {
             assert!(check_uri(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn spiffe_uris_must_be_spiffe_ids() {
+        // Each is a valid RFC 3986 URI that SPIFFE libraries reject.
+        for (bad, why) in [
+            ("spiffe://example.org/ns/*", "'*' is not allowed in a path"),
+            ("spiffe://example.org/..;", "';' is not allowed"),
+            ("spiffe://example.org/x;y=z", "';' is not allowed"),
+            ("spiffe://example.org/x:y", "':' is not allowed"),
+            ("spiffe://example.org/a/../b", "\"..\" segment"),
+            ("spiffe://example.org/a//b", "empty segment"),
+            ("spiffe://example.org/a/", "empty segment"),
+            ("spiffe://example.org/w%65b", "'%'"),
+            ("spiffe://example.org/x?q", "'?'"),
+            ("spiffe://example.org/x#f", "'#'"),
+            (
+                "spiffe://example.org:443/x",
+                "':' is not allowed in a trust domain",
+            ),
+            ("spiffe://u@example.org/x", "'@'"),
+            ("spiffe://Example.org/x", "'E'"),
+            ("SPIFFE://example.org/x", "lowercase"),
+            ("spiffe:example.org", "lowercase"),
+        ] {
+            match check_uri(bad) {
+                Err(NameError::Uri(u, reason)) => {
+                    assert_eq!(u, bad);
+                    assert!(
+                        reason.contains("not a valid SPIFFE ID") && reason.contains(why),
+                        "{bad}: {reason}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Other schemes keep RFC 3986's rules.
+        for ok in [
+            "https://example.org/x;y=z",
+            "https://example.org/a/../b",
+            "https://example.org:443/w%65b?q#f",
+            "urn:example:a:b",
+        ] {
+            assert!(check_uri(ok).is_ok(), "{ok}");
         }
     }
 

@@ -24,6 +24,139 @@ fn tampered_csr(key: &KeyPair) -> String {
     b64(&der)
 }
 
+/// A CSR whose version INTEGER is `v` (openssl writes 0, the only version).
+fn csr_with_version(key: &KeyPair, v: u8) -> String {
+    let pem = key.csr("/CN=x", None);
+    let (_, mut der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+    // SEQUENCE { SEQUENCE { INTEGER 0, ...: the first 02 01 00.
+    let pos = der.windows(3).position(|w| w == [2, 1, 0]).unwrap();
+    assert!(pos < 10);
+    der[pos + 2] = v;
+    b64(&der)
+}
+
+/// `pem` re-wrapped as other tools write it: `width` columns, `eol` line ends.
+fn rewrap(pem: &str, width: usize, eol: &str) -> String {
+    let mut lines = pem.lines();
+    let begin = lines.next().unwrap();
+    let body: String = lines.clone().filter(|l| !l.starts_with("-----")).collect();
+    let end = lines.find(|l| l.starts_with("-----END")).unwrap();
+    let mut out = format!("{begin}{eol}");
+    for chunk in body.as_bytes().chunks(width) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push_str(eol);
+    }
+    out + end + eol
+}
+
+#[tokio::test]
+async fn pem_as_other_tools_write_it_is_read_and_still_checked() {
+    let ca = Ca::started("p256");
+    let key = KeyPair::new(ca.dir.path(), "rsa2048");
+    let pk = key.public_pem();
+    let csr = key.csr("/CN=lax", Some("DNS:lax.example"));
+    let mut client = ca.client().await;
+    // Python's base64.encodebytes / Java's MIME encoder (76 columns), CRLF
+    // line ends, trailing blanks, one long line.
+    for (what, public_key) in [
+        ("76 columns", rewrap(&pk, 76, "\n")),
+        ("76 columns, CRLF", rewrap(&pk, 76, "\r\n")),
+        ("trailing blanks", rewrap(&pk, 64, " \t\n")),
+        ("one line", rewrap(&pk, 100_000, "\n")),
+        (
+            "indented",
+            format!("\n  {}\n\n", rewrap(&pk, 76, "\n").replace('\n', "\n  ")),
+        ),
+    ] {
+        let r = client
+            .generate_client_certificate(Req {
+                public_key,
+                common_name: "lax".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+            .into_inner();
+        assert!(
+            r.pem_certificate
+                .starts_with("-----BEGIN CERTIFICATE-----\n")
+        );
+    }
+    let r = client
+        .generate_client_certificate(Req {
+            pem_csr: rewrap(&csr, 76, "\r\n"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.dns_names, vec!["lax.example".to_string()]);
+
+    let second = KeyPair::new(ca.dir.path(), "p256").public_pem();
+    let header = pk.replacen('\n', "\nProc-Type: 4,ENCRYPTED\n", 1);
+    let bad_b64 = rewrap(&pk, 76, "\n").replacen("MII", "M!I", 1);
+    let refused: Vec<(&str, Req, &str)> = vec![
+        (
+            "two public keys",
+            Req {
+                public_key: format!("{pk}{second}"),
+                common_name: "x".into(),
+                ..Default::default()
+            },
+            "2 PEM blocks where one is expected",
+        ),
+        (
+            "a header",
+            Req {
+                public_key: header,
+                common_name: "x".into(),
+                ..Default::default()
+            },
+            "header line",
+        ),
+        (
+            "bad base64",
+            Req {
+                public_key: bad_b64,
+                common_name: "x".into(),
+                ..Default::default()
+            },
+            "not valid PEM",
+        ),
+        (
+            "trailing garbage",
+            Req {
+                public_key: format!("{}garbage\n", rewrap(&pk, 76, "\r\n")),
+                common_name: "x".into(),
+                ..Default::default()
+            },
+            "text after the last -----END line",
+        ),
+        (
+            "a CSR and a key",
+            Req {
+                pem_csr: format!("{csr}{pk}"),
+                ..Default::default()
+            },
+            "2 PEM blocks",
+        ),
+    ];
+    for (what, req, needle) in refused {
+        let err = client
+            .generate_client_certificate(req)
+            .await
+            .map(|_| ())
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{what}: message {:?} lacks {needle:?}",
+            err.message()
+        );
+    }
+    ca.assert_serves().await;
+}
+
 #[tokio::test]
 async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
     let ca = Ca::started("p256");
@@ -185,6 +318,55 @@ async fn every_bad_request_gets_invalid_argument_and_the_daemon_still_serves() {
             "bad URI",
             with_key(&|r| r.uri_sans = vec!["not a uri".into()]),
             "not a uri",
+        ),
+        (
+            "A-label that IDNA does not allow",
+            with_key(&|r| r.dns_names = vec!["xn--a.example".into()]),
+            "label \"xn--a\" is not a valid A-label",
+        ),
+        (
+            "reserved LDH label",
+            with_key(&|r| r.dns_names = vec!["ab--cd.example".into()]),
+            "label \"ab--cd\" is a reserved label",
+        ),
+        (
+            "spiffe URI with a parameter",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org/ns/x;y=z".into()]),
+            "not a valid SPIFFE ID: ';' is not allowed in a path segment",
+        ),
+        (
+            "spiffe URI with a dot-dot segment",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org/a/../b".into()]),
+            "not a valid SPIFFE ID",
+        ),
+        (
+            "spiffe URI with a port",
+            with_key(&|r| r.uri_sans = vec!["spiffe://example.org:8443/x".into()]),
+            "not a valid SPIFFE ID",
+        ),
+        (
+            "CSR asking for a SPIFFE ID that is not one",
+            Req {
+                pem_csr: good.csr("/CN=x", Some("URI:spiffe://example.org/*")),
+                ..Default::default()
+            },
+            "'*' is not allowed",
+        ),
+        (
+            "CSR asking for an email name",
+            Req {
+                pem_csr: good.csr("/CN=x", Some("email:a@example.org")),
+                ..Default::default()
+            },
+            "asks for an email (rfc822Name) subjectAltName",
+        ),
+        (
+            "CSR of version 2",
+            Req {
+                pem_csr: csr_with_version(&good, 1),
+                ..Default::default()
+            },
+            "version field is 1; PKCS#10 has only v1",
         ),
         (
             "wildcard on a client certificate",

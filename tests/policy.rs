@@ -186,6 +186,11 @@ async fn names_outside_the_rules_and_every_trick_are_refused_before_signing() {
             vec!["--uri", "spiffe://example.org/ns/nobody/%2e%2e"],
             "%2e",
         ),
+        (
+            "a URI whose `*` segment is no SPIFFE ID segment",
+            vec!["--uri", "spiffe://example.org/ns/nobody/x;y=z"],
+            "x;y=z",
+        ),
         ("another common name", vec!["--cn", "root"], "\"root\""),
         (
             "a server-only name in a mixed set",

@@ -377,15 +377,20 @@ async fn revoked_certificate_is_on_the_crl_and_openssl_rejects_it() {
         "crl.pem",
         "good.pem",
     ]));
-    let lint = run(Command::new(common::py_tool("lint_crl"))
-        .args(["lint", "-t", "CRL", "-p", "PKIX"])
-        .arg(d.join("crl.pem")));
-    assert!(
-        lint.status.success(),
-        "pkilint: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    // Both lint clean: the one with an entry, and the one before it with
+    // none, which must leave revokedCertificates out (RFC 5280 §5.1.2.6).
+    std::fs::write(d.join("empty-crl.pem"), &crl_before.pem_crl).unwrap();
+    for file in ["crl.pem", "empty-crl.pem"] {
+        let lint = run(Command::new(common::py_tool("lint_crl"))
+            .args(["lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING"])
+            .arg(d.join(file)));
+        assert!(
+            lint.status.success(),
+            "pkilint {file}: {}{}",
+            String::from_utf8_lossy(&lint.stdout),
+            String::from_utf8_lossy(&lint.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

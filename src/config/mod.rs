@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 
 mod ca;
+mod durations;
 mod policy;
 mod requests;
 mod server;
@@ -144,6 +145,7 @@ impl Config {
     /// (The policy's rules are compiled, and so checked, by the policy
     /// module at start-up and on every reload.)
     fn validate(&self) -> Result<(), ConfigError> {
+        durations::check(self)?;
         self.server.validate()?;
         self.metrics.validate()?;
         if self.metrics.enabled

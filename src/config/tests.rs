@@ -117,3 +117,48 @@ certificate = "/tmp/ca.pem"
     assert_eq!(l.key_id, Some(vec![1, 2]));
     assert_eq!(c.ca.digest(), DigestAlg::Sha384);
 }
+
+#[test]
+fn durations_too_long_for_time_arithmetic_are_refused_naming_the_key() {
+    // Fits a Duration, not an i64 of seconds: now + it would overflow.
+    const HUGE: &str = "300000000000y";
+    for (key, env) in [
+        ("ca.validity", "HSMCA_CA__VALIDITY"),
+        ("crl.validity", "HSMCA_CRL__VALIDITY"),
+        (
+            "state.request_id_retention",
+            "HSMCA_STATE__REQUEST_ID_RETENTION",
+        ),
+        (
+            "profiles.client.max_duration",
+            "HSMCA_PROFILES__CLIENT__MAX_DURATION",
+        ),
+        (
+            "profiles.intermediate.max_duration",
+            "HSMCA_PROFILES__INTERMEDIATE__MAX_DURATION",
+        ),
+        ("server.request_timeout", "HSMCA_SERVER__REQUEST_TIMEOUT"),
+        (
+            "server.keepalive_interval",
+            "HSMCA_SERVER__KEEPALIVE_INTERVAL",
+        ),
+        ("requests.renewal_window", "HSMCA_REQUESTS__RENEWAL_WINDOW"),
+        ("requests.retry_after", "HSMCA_REQUESTS__RETRY_AFTER"),
+    ] {
+        for value in [HUGE, "101y"] {
+            let err = load(MINIMAL, &[(env, value)]).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("at most 100 years"),
+                "{key} = {value}: {err}"
+            );
+        }
+    }
+    // A century is allowed where nothing else forbids it.
+    let c = load(MINIMAL, &[("HSMCA_CA__VALIDITY", "100y")]).unwrap();
+    assert_eq!(c.ca.validity, durations::MAX_DURATION);
+    let rule = format!(
+        "{MINIMAL}\n[[policy.rules]]\nname = \"long\"\neveryone = true\nmax_duration = \"{HUGE}\"\n"
+    );
+    let err = load(&rule, &[]).unwrap_err().to_string();
+    assert!(err.contains("policy.rules[0].max_duration"), "{err}");
+}

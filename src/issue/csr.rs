@@ -29,13 +29,14 @@ pub enum CsrError {
     #[error("pem_csr: the CSR subject common name is not a string")]
     CommonNameEncoding,
     #[error(
-        "pem_csr: the CSR asks for a {0} subjectAltName, which hsmca does not issue (DNS, URI and IP only)"
+        "pem_csr: the CSR asks for {0} subjectAltName, which hsmca does not issue (DNS, URI and IP only)"
     )]
+    /// `{0}` names the kind with its article ("an otherName").
     UnsupportedSan(&'static str),
     #[error("pem_csr: the CSR has a malformed {0} extension")]
     BadExtension(&'static str),
-    #[error("pem_csr: version {0} is not PKCS#10 v1")]
-    Version(u8),
+    #[error("pem_csr: the CSR's version field is {0}; PKCS#10 has only v1 (version 0)")]
+    Version(i64),
 }
 
 /// The useful content of a verified CSR.
@@ -49,10 +50,12 @@ pub struct VerifiedCsr {
 
 pub fn parse_and_verify(text: &str) -> Result<VerifiedCsr, CsrError> {
     let der = decode_pem("pem_csr", text, "CERTIFICATE REQUEST")?;
-    let csr = CertReq::from_der(&der).map_err(|e| CsrError::Der(e.to_string()))?;
-    if csr.info.version as u8 != 0 {
-        return Err(CsrError::Version(csr.info.version as u8));
-    }
+    let csr = CertReq::from_der(&der).map_err(|e| match request_version(&der) {
+        // x509-cert decodes only version 0, so any other fails as a
+        // malformed INTEGER; say what is actually wrong.
+        Some(v) if v != 0 => CsrError::Version(v),
+        _ => CsrError::Der(e.to_string()),
+    })?;
     let info = csr
         .info
         .to_der()
@@ -91,17 +94,17 @@ pub fn parse_and_verify(text: &str) -> Result<VerifiedCsr, CsrError> {
                 GeneralName::UniformResourceIdentifier(s) => uris.push(s.to_string()),
                 GeneralName::IpAddress(o) => ips.push(ip_text(o.as_bytes())?),
                 GeneralName::Rfc822Name(_) => {
-                    return Err(CsrError::UnsupportedSan("email (rfc822Name)"));
+                    return Err(CsrError::UnsupportedSan("an email (rfc822Name)"));
                 }
-                GeneralName::OtherName(_) => return Err(CsrError::UnsupportedSan("otherName")),
+                GeneralName::OtherName(_) => return Err(CsrError::UnsupportedSan("an otherName")),
                 GeneralName::DirectoryName(_) => {
-                    return Err(CsrError::UnsupportedSan("directoryName"));
+                    return Err(CsrError::UnsupportedSan("a directoryName"));
                 }
                 GeneralName::EdiPartyName(_) => {
-                    return Err(CsrError::UnsupportedSan("ediPartyName"));
+                    return Err(CsrError::UnsupportedSan("an ediPartyName"));
                 }
                 GeneralName::RegisteredId(_) => {
-                    return Err(CsrError::UnsupportedSan("registeredID"));
+                    return Err(CsrError::UnsupportedSan("a registeredID"));
                 }
             }
         }
@@ -113,6 +116,20 @@ pub fn parse_and_verify(text: &str) -> Result<VerifiedCsr, CsrError> {
         uris,
         ips,
     })
+}
+
+/// The version field of a CertificationRequest, read without decoding the
+/// rest: `SEQUENCE { SEQUENCE { INTEGER version, ... }, ... }`.
+fn request_version(der: &[u8]) -> Option<i64> {
+    use der::{SliceReader, Tag, Tagged, asn1::AnyRef};
+    let inner = |bytes: &[u8]| -> Option<Vec<u8>> {
+        let mut r = SliceReader::new(bytes).ok()?;
+        let any = AnyRef::decode(&mut r).ok()?;
+        (any.tag() == Tag::Sequence).then(|| any.value().to_vec())
+    };
+    let info = inner(&inner(der)?)?;
+    let mut r = SliceReader::new(&info).ok()?;
+    i64::decode(&mut r).ok()
 }
 
 fn ip_text(bytes: &[u8]) -> Result<String, CsrError> {
@@ -148,5 +165,55 @@ fn requested_extensions(csr: &CertReq) -> Result<Vec<Extension>, CsrError> {
 impl VerifiedCsr {
     pub fn names(&self) -> Result<Names, crate::names::NameError> {
         Names::parse(&self.common_name, &self.dns, &self.uris, &self.ips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSR: &str = include_str!("../../fuzz/corpus/csr/p256-cn-dns.pem");
+
+    /// The CSR with its version INTEGER's value byte set to `v`.
+    fn with_version(v: u8) -> String {
+        let (_, mut der) = der::pem::decode_vec(CSR.as_bytes()).unwrap();
+        // Outer SEQUENCE header, info SEQUENCE header, then 02 01 00.
+        let pos = der
+            .windows(3)
+            .position(|w| w == [0x02, 0x01, 0x00])
+            .unwrap();
+        assert!(pos < 10, "version not where expected");
+        der[pos + 2] = v;
+        der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der).unwrap()
+    }
+
+    #[test]
+    fn other_versions_get_the_version_message() {
+        assert!(parse_and_verify(CSR).is_ok());
+        for v in [1u8, 2, 0x7f] {
+            let err = parse_and_verify(&with_version(v)).err().unwrap();
+            assert_eq!(err, CsrError::Version(i64::from(v)));
+            assert!(err.to_string().contains("only v1"), "{err}");
+        }
+        // A negative version (0x80 is -128 in DER) is just as wrong.
+        assert!(matches!(
+            parse_and_verify(&with_version(0x80)),
+            Err(CsrError::Version(-128))
+        ));
+    }
+
+    #[test]
+    fn unsupported_san_kinds_read_as_english() {
+        for (kind, text) in [
+            (
+                "an email (rfc822Name)",
+                "asks for an email (rfc822Name) subjectAltName",
+            ),
+            ("an otherName", "asks for an otherName subjectAltName"),
+            ("an ediPartyName", "asks for an ediPartyName subjectAltName"),
+            ("a directoryName", "asks for a directoryName subjectAltName"),
+        ] {
+            assert!(CsrError::UnsupportedSan(kind).to_string().contains(text));
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod certificate;
 pub mod csr;
+mod offload;
 pub mod request;
 pub mod subject_key;
 
@@ -163,6 +164,8 @@ pub struct Issuer {
     ca: Arc<CaChain>,
     profiles: ProfilesConfig,
     backdate: Duration,
+    /// Bounds the CSR checks running at once (see [`offload`]).
+    csr_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Issuer {
@@ -178,6 +181,7 @@ impl Issuer {
             ca,
             profiles,
             backdate,
+            csr_checks: offload::csr_check_permits(),
         }
     }
 

@@ -58,23 +58,25 @@ pub enum KeyError {
     InvalidKey(&'static str),
 }
 
-/// Decodes one PEM block of type `expected` from an API field.
+/// Decodes one PEM block of type `expected` from an API field, read as
+/// leniently as RFC 7468 §3 allows (see [`crate::pem_input`]).
 pub fn decode_pem(
     field: &'static str,
     text: &str,
     expected: &'static str,
 ) -> Result<Vec<u8>, KeyError> {
-    let (label, der) = der::pem::decode_vec(text.trim().as_bytes()).map_err(|e| KeyError::Pem {
-        field,
-        reason: e.to_string(),
-    })?;
+    let crate::pem_input::Block { label, der } = crate::pem_input::decode_one(text.as_bytes())
+        .map_err(|e| KeyError::Pem {
+            field,
+            reason: e.to_string(),
+        })?;
     if label != expected {
         if label.contains("PRIVATE KEY") {
             return Err(KeyError::PrivateKey { field });
         }
         return Err(KeyError::WrongPemType {
             field,
-            got: label.to_owned(),
+            got: label,
             expected,
         });
     }

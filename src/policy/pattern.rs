@@ -84,6 +84,19 @@ pub fn check_uri_pattern(p: &str) -> Result<(), String> {
             return Err("`.` and `..` segments are not allowed".into());
         }
     }
+    // A spiffe: pattern must describe SPIFFE IDs: with every wildcard
+    // standing for a valid segment it must be one itself.
+    if crate::spiffe_id::has_spiffe_scheme(&p) {
+        let example = std::iter::once(format!("{scheme}://{authority}"))
+            .chain(segments.iter().map(|s| match *s {
+                "*" | "**" => "x".to_owned(),
+                s => s.to_owned(),
+            }))
+            .collect::<Vec<_>>()
+            .join("/");
+        crate::spiffe_id::SpiffeId::parse(&example)
+            .map_err(|e| format!("matches no valid SPIFFE ID: {e}"))?;
+    }
     Ok(())
 }
 
@@ -180,6 +193,10 @@ pub fn uri_matches(pattern: &str, uri: &str) -> bool {
         return true;
     }
     if !uri.is_ascii() || uri.contains('%') {
+        return false;
+    }
+    // A segment matched by `*` must still be a SPIFFE ID's segment.
+    if crate::spiffe_id::has_spiffe_scheme(uri) && crate::spiffe_id::SpiffeId::parse(uri).is_err() {
         return false;
     }
     let Some((scheme, authority, segments)) = split_uri(uri) else {
@@ -287,6 +304,25 @@ mod tests {
         assert!(!uri_matches(p, "spiffe://example.org/ns/alice/web?x=1"));
         assert!(!uri_matches(p, "spiffe://evil@example.org/ns/alice/web"));
         assert!(!uri_matches(p, "spiffe://example.org.evil/ns/alice/web"));
+        // `*` stands for one SPIFFE ID segment, not any RFC 3986 segment.
+        for not_an_id in [
+            "spiffe://example.org/ns/alice/*",
+            "spiffe://example.org/ns/alice/..;",
+            "spiffe://example.org/ns/alice/x;y=z",
+            "spiffe://example.org/ns/alice/x:y",
+            "spiffe://example.org/ns/alice/a~b",
+        ] {
+            assert!(!uri_matches(p, not_an_id), "{not_an_id}");
+            assert!(
+                !uri_matches("spiffe://example.org/ns/alice/**", not_an_id),
+                "{not_an_id}"
+            );
+        }
+        // Other schemes keep RFC 3986's segments.
+        assert!(uri_matches(
+            "https://example.org/ns/*",
+            "https://example.org/ns/x;y=z"
+        ));
         let deep = "spiffe://example.org/ns/alice/**";
         assert!(uri_matches(deep, "spiffe://example.org/ns/alice/a/b"));
         assert!(!uri_matches(deep, "spiffe://example.org/ns/alice"));
@@ -323,5 +359,17 @@ mod tests {
         assert!(check_uri_pattern("spiffe://example.org/ns/{user}/*").is_ok());
         assert!(check_uri_pattern("spiffe://example.org/**/x").is_err());
         assert!(check_uri_pattern("example.org/x").is_err());
+        assert!(check_uri_pattern("spiffe://example.org/**").is_ok());
+        assert!(check_uri_pattern("spiffe://example.org").is_ok());
+        for bad in [
+            "spiffe://Example.org/*",
+            "spiffe://example.org:8443/*",
+            "spiffe://example.org/a;b/*",
+            "spiffe://example.org/a//*",
+            "spiffe://example.org/a/",
+        ] {
+            let err = check_uri_pattern(bad).unwrap_err();
+            assert!(err.contains("SPIFFE ID"), "{bad}: {err}");
+        }
     }
 }

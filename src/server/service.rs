@@ -205,7 +205,7 @@ impl CaService {
     ) -> Result<ClientCertificate, Status> {
         let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
-        let checked = self.issuer.check(issue_request(req))?;
+        let checked = self.issuer.check_off_runtime(issue_request(req)).await?;
         let grant = policy.authorize(&who, checked.profile(), &checked.raw_names())?;
         let decided = self.issuer.decide(checked, grant.limits())?;
         policy.check_rate(&grant, &who)?;

@@ -49,7 +49,9 @@ pub enum SignatureScheme {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemeError {
-    #[error("the token returned a {got}-byte ECDSA signature; expected {expected} bytes (r||s)")]
+    #[error(
+        "the token returned an ECDSA signature of {got} bytes; expected {expected} bytes (r||s)"
+    )]
     BadEcdsaLength { got: usize, expected: usize },
     #[error("the token returned an ECDSA signature that is not a valid (r, s) pair")]
     BadEcdsaValue,
