@@ -5,6 +5,7 @@
 //! [`Store`] is the seam for storage engines; [`sql::SqlStore`] is the
 //! embedded SQLite store.
 
+pub mod schema;
 pub mod sql;
 
 use std::{collections::BTreeMap, future::Future};
