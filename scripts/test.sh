@@ -11,7 +11,8 @@
 # the committed seed corpus) through scripts/fuzz.sh, which installs cargo-fuzz when missing.
 # Exits non-zero on any failure.
 #
-# Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python for the tests.
+# Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python and
+# HSMCA_TEST_PROMTOOL (promtool) for the tests.
 set -euo pipefail
 
 prog=${0##*/}
@@ -63,8 +64,9 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # with keys on the token from the tests; systemd: systemd-analyze (the unit
 # files are verified and scored) and systemd-socket-activate (socket
 # activation is tested with it). Neither needs systemd to be running.
+# man-db: the man pages are rendered by man.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd; do
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd man-db; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.
@@ -79,6 +81,31 @@ if ! compgen -G '/usr/lib/*/pkcs11/pkcs11-spy.so' >/dev/null &&
     [[ ! -e /usr/lib/pkcs11/pkcs11-spy.so ]]; then
     printf '%s: warning: pkcs11-spy.so not found under /usr/lib/*/pkcs11/\n' "$prog" >&2
 fi
+
+# --- promtool ---------------------------------------------------------------
+# Prometheus' rule checker, for contrib/prometheus. Debian ships it only in
+# the prometheus package, which pulls a dozen JavaScript packages for the
+# web UI (96 MB installed) and whose postinst would start a Prometheus
+# server; no smaller package ships promtool. The tests need only that one
+# static binary, so it is taken out of the package (apt-get download,
+# dpkg-deb -x) into target/tools, and nothing is installed.
+promtool=$repo/target/tools/promtool
+if [[ ! -x $promtool ]] && command -v promtool >/dev/null 2>&1; then
+    promtool=$(command -v promtool)
+elif [[ ! -x $promtool ]]; then
+    step "extracting promtool from Debian's prometheus package into target/tools"
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
+        apt_updated=yes
+    fi
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download prometheus)
+    dpkg-deb -x "$dl"/prometheus_*.deb "$dl/root"
+    install -D -m 0755 "$dl/root/usr/bin/promtool" "$promtool"
+    rm -rf -- "$dl"
+fi
+"$promtool" --version >/dev/null 2>&1 || die "promtool at $promtool does not run"
+export HSMCA_TEST_PROMTOOL=$promtool
 
 # --- Python venv for the tests --------------------------------------------
 venv=$repo/target/test-venv
