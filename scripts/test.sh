@@ -6,7 +6,9 @@
 # Usage: scripts/test.sh [ARGS...]    ARGS are passed on to "cargo test"
 #
 # Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
-# cargo test --all-targets ARGS; then every fuzz target for
+# cargo test --all-targets ARGS; the Debian package built from the dev
+# build, linted, installed, checked and purged (scripts/package-test.sh;
+# changes this machine); then every fuzz target for
 # HSMCA_FUZZ_SECONDS each (default 10, unoptimised build; 0 only replays
 # the committed seed corpus) through scripts/fuzz.sh, which installs cargo-fuzz when missing.
 # Exits non-zero on any failure.
@@ -64,9 +66,9 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # with keys on the token from the tests; systemd: systemd-analyze (the unit
 # files are verified and scored) and systemd-socket-activate (socket
 # activation is tested with it). Neither needs systemd to be running.
-# man-db: the man pages are rendered by man.
+# lintian and man-db: the package test checks the .deb and its man page.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd man-db; do
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd lintian man-db; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.
@@ -158,6 +160,9 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets $*"
 cargo test --all-targets "$@"
+
+step "the Debian package: build, lintian, dpkg -i, checks, dpkg -r/-P (scripts/package-test.sh)"
+scripts/package-test.sh
 
 # CI fuzzes briefly with an unoptimised build (the long runs, a million
 # executions a target, are `scripts/fuzz.sh` by hand; see the README).

@@ -1,15 +1,116 @@
-//! The operations files in contrib/: the Prometheus rules, checked and
-//! unit-tested by Prometheus' own promtool; and the Grafana dashboard and
-//! the rules, whose every metric name must be one a running daemon exports;
-//! and the man pages, which must say what --help says.
+//! What the Debian package ships besides the binary, checked without
+//! building it (scripts/package-test.sh builds, lints and installs it):
+//! the conffile /etc/hsmca/hsmca.toml, derived from hsmca.example.toml with
+//! safe defaults; the Prometheus rules, checked and unit-tested by
+//! Prometheus' own promtool; and the Grafana dashboard and the rules, whose
+//! every metric name must be one a running daemon exports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use common::{Ca, KeyPair, repo, run, run_ok};
-use hsmca::proto::GenerateClientCertificateRequest;
+use hsmca::{config::Config, proto::GenerateClientCertificateRequest};
+
+/// `text` with every commented-out `key = value` and `[section]` line
+/// uncommented.
+fn uncomment(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The conffile as shipped, and uncommented.
+fn conffile() -> (String, String) {
+    let text = std::fs::read_to_string(repo().join("packaging/deb/hsmca.toml")).unwrap();
+    let uncommented = uncomment(&text);
+    (text, uncommented)
+}
+
+/// Dotted key paths of a TOML document (array-of-tables entries merged).
+fn keys(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                keys(v, &path, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items.iter().filter(|i| i.is_table()) {
+                keys(item, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_conffile_is_the_example_with_safe_defaults_and_no_pin() {
+    let (shipped, uncommented) = conffile();
+    let load = |text: &str| {
+        Config::from_toml_with_env(text, Path::new("hsmca.toml"), &Default::default())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    let cfg = load(&shipped);
+    assert_eq!(
+        cfg.token.pin_file, None,
+        "no PIN file: LoadCredential= brings it"
+    );
+    assert_eq!(cfg.token.pin_credential, "hsmca-pin");
+    assert!(
+        cfg.policy.rules.is_empty(),
+        "default deny until rules are added"
+    );
+    assert_eq!(cfg.metrics.listen, None, "no TCP metrics unless asked");
+    assert_eq!(cfg.server.socket, Path::new("/run/hsmca/hsmca.sock"));
+    assert_eq!(cfg.server.socket_mode_bits(), 0o660);
+    assert_eq!(
+        cfg.metrics_socket().as_deref(),
+        Some(Path::new("/run/hsmca/hsmca-metrics.sock"))
+    );
+    assert_eq!(cfg.state.dir, Path::new("/var/lib/hsmca"));
+    assert!(cfg.ca.certificate.starts_with("/var/lib/hsmca"));
+    assert!(!shipped.lines().any(|l| l.starts_with("pin_file")));
+
+    // Every commented line is a real key with a valid value, and every key
+    // is one hsmca.example.toml documents.
+    let all = load(&uncommented);
+    assert!(!all.policy.rules.is_empty());
+    let example_text = std::fs::read_to_string(repo().join("hsmca.example.toml")).unwrap();
+    let mut example = BTreeSet::new();
+    let table = |text: &str| toml::Value::Table(toml::from_str(text).unwrap());
+    keys(&table(&uncomment(&example_text)), "", &mut example);
+    let mut ours = BTreeSet::new();
+    keys(&table(&uncommented), "", &mut ours);
+    let unknown: Vec<_> = ours.difference(&example).collect();
+    assert!(unknown.is_empty(), "not in hsmca.example.toml: {unknown:?}");
+    // …and it leaves out none of the example's sections.
+    for section in example.iter().filter(|k| !k.contains('.')) {
+        assert!(ours.contains(section), "section {section} missing");
+    }
+}
 
 /// promtool: from HSMCA_TEST_PROMTOOL (scripts/test.sh extracts it from
 /// Debian's prometheus package), else from PATH.
