@@ -6,6 +6,8 @@
 # Usage: scripts/test.sh [ARGS...]    ARGS are passed on to "cargo test"
 #
 # Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
+# scripts/check-modules.py (the module graph's rules); the shipped build
+# (cargo build, no test features) for tests/shipped_build.rs;
 # cargo test --all-targets ARGS; the Debian package built from the dev
 # build, linted, installed, checked and purged (scripts/package-test.sh;
 # changes this machine); then every fuzz target for
@@ -155,8 +157,20 @@ done
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
+step "cargo clippy --all-targets -- -D warnings (and the shipped build, without test features)"
 cargo clippy --all-targets -- -D warnings
+cargo clippy --bin hsmca -- -D warnings
+
+step "module graph: no import cycles, walls hold, no file over 600 lines (scripts/check-modules.py)"
+python3 scripts/check-modules.py
+
+# The daemon as shipped (no test-only fault hook), for tests/shipped_build.rs:
+# `cargo test` then rebuilds target/debug/hsmca with the hook for the others.
+step "cargo build --bin hsmca (the shipped build, without test features)"
+cargo build --bin hsmca
+mkdir -p target/shipped
+cp target/debug/hsmca target/shipped/hsmca
+export HSMCA_SHIPPED_BIN=$repo/target/shipped/hsmca
 
 step "cargo test --all-targets $*"
 cargo test --all-targets "$@"

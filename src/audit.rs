@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy::identity::Identity;
+use crate::{issue::Issued, names::name_list, peer::identity::Identity};
 
 /// The previous hash of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -42,7 +42,7 @@ impl AuditEntry {
     /// An entry for `who` doing `operation`, stamped now.
     pub fn by(who: Option<&Identity>, operation: &str) -> Self {
         Self {
-            time_us: crate::issue::unix_us(std::time::SystemTime::now()),
+            time_us: crate::time::now_us(),
             uid: who.map(|w| w.uid),
             gid: who.map(|w| w.gid),
             pid: who.and_then(|w| w.pid),
@@ -51,6 +51,20 @@ impl AuditEntry {
             operation: operation.to_owned(),
             ..Default::default()
         }
+    }
+}
+
+impl AuditEntry {
+    /// The entry for a certificate just issued to `who` by `operation`.
+    pub fn issued(issued: &Issued, who: Option<&Identity>, operation: &str) -> Self {
+        let mut e = Self::by(who, operation);
+        e.profile = issued.profile.name().to_owned();
+        e.names = name_list(&issued.names);
+        e.serial = issued.serial_hex.clone();
+        e.tbs_sha256 = issued.tbs_sha256.clone();
+        e.key_label = issued.key_label.clone();
+        e.outcome = "issued".into();
+        e
     }
 }
 

@@ -14,7 +14,19 @@ use x509_cert::{
     ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier},
 };
 
-use crate::{config::CaConfig, issue::certificate::IssuerInfo, verify::VerifyError};
+use x509_cert::name::Name;
+
+use crate::{config::CaConfig, verify::VerifyError};
+
+/// The issuing CA as a leaf sees it.
+#[derive(Debug, Clone)]
+pub struct IssuerInfo {
+    pub name: Name,
+    /// The CA certificate's subjectKeyIdentifier, copied into the leaf's AKI.
+    pub key_id: Vec<u8>,
+    /// CRL distribution point, when configured.
+    pub crl_url: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -165,8 +177,8 @@ impl CaChain {
             Ok(())
         } else {
             Err(CaError::KeyMismatch {
-                certificate: crate::token::pool::fingerprint(ours),
-                token: crate::token::pool::fingerprint(token_key),
+                certificate: crate::signing::fingerprint(ours),
+                token: crate::signing::fingerprint(token_key),
             })
         }
     }

@@ -4,7 +4,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use der::{EncodePem, pem::LineEnding};
@@ -25,6 +25,7 @@ use crate::{
     issue::certificate::{BuildError, sign_with},
     signing::DigestSigner,
     store::{CrlRecord, RevokedEntry, Store, StoreError},
+    time::unix_now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,28 +44,6 @@ impl From<der::Error> for CrlError {
     }
 }
 
-/// RFC 5280 reason names as the API spells them, and their codes.
-pub const REASONS: &[(&str, i32)] = &[
-    ("unspecified", 0),
-    ("keyCompromise", 1),
-    ("caCompromise", 2),
-    ("affiliationChanged", 3),
-    ("superseded", 4),
-    ("cessationOfOperation", 5),
-    ("privilegeWithdrawn", 9),
-];
-
-/// The reason code for an API reason name ("" means unspecified).
-pub fn reason_code(name: &str) -> Option<i32> {
-    if name.is_empty() {
-        return Some(0);
-    }
-    REASONS
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, c)| *c)
-}
-
 fn reason(code: i32) -> Option<CrlReason> {
     Some(match code {
         1 => CrlReason::KeyCompromise,
@@ -78,15 +57,9 @@ fn reason(code: i32) -> Option<CrlReason> {
     })
 }
 
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-pub struct CrlPublisher<S, St> {
-    signer: Arc<S>,
-    store: Arc<St>,
+pub struct CrlPublisher {
+    signer: Arc<dyn DigestSigner>,
+    store: Arc<dyn Store>,
     ca: Arc<CaChain>,
     validity: Duration,
     current: RwLock<Option<Arc<CrlRecord>>>,
@@ -94,8 +67,13 @@ pub struct CrlPublisher<S, St> {
     making: Mutex<()>,
 }
 
-impl<S: DigestSigner, St: Store> CrlPublisher<S, St> {
-    pub fn new(signer: Arc<S>, store: Arc<St>, ca: Arc<CaChain>, validity: Duration) -> Self {
+impl CrlPublisher {
+    pub fn new(
+        signer: Arc<dyn DigestSigner>,
+        store: Arc<dyn Store>,
+        ca: Arc<CaChain>,
+        validity: Duration,
+    ) -> Self {
         Self {
             signer,
             store,

@@ -5,6 +5,7 @@
 
 use std::{net::IpAddr, str::FromStr};
 
+use const_oid::db::rfc4519::CN as COMMON_NAME;
 use der::{
     Any,
     asn1::{Ia5String, ObjectIdentifier, OctetString, SetOfVec, Utf8StringRef},
@@ -20,7 +21,6 @@ pub const MAX_COMMON_NAME: usize = 64;
 /// More names than this in one certificate is a mistake, not a use case.
 pub const MAX_SANS: usize = 100;
 const MAX_URI: usize = 2048;
-const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
@@ -236,6 +236,42 @@ pub fn oid_name(oid: ObjectIdentifier) -> String {
         .unwrap_or(dotted)
 }
 
+/// Names as requested: the CSR's or the request fields, not yet normalised.
+#[derive(Debug, Clone, Copy)]
+pub struct RawNames<'a> {
+    pub common_name: &'a str,
+    pub dns: &'a [String],
+    pub uris: &'a [String],
+    pub ips: &'a [String],
+}
+
+/// Every name as `TYPE:value`, in a fixed order: the same set of names
+/// always gives the same text, however a CSR ordered them. Audit entries
+/// list names this way, and certificate requests key duplicates and
+/// renewals by it.
+pub fn name_list(names: &Names) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Some(cn) = &names.common_name {
+        out.push(format!("CN:{cn}"));
+    }
+    let mut sans: Vec<String> = names
+        .dns
+        .iter()
+        .map(|d| format!("DNS:{d}"))
+        .chain(names.uris.iter().map(|u| format!("URI:{u}")))
+        .chain(names.ips.iter().map(|i| format!("IP:{i}")))
+        .collect();
+    sans.sort();
+    sans.dedup();
+    out.extend(sans);
+    out
+}
+
+/// [`name_list`] as one string: the key of a set of names.
+pub fn names_key(names: &Names) -> String {
+    name_list(names).join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +384,30 @@ mod tests {
             oid_name(ObjectIdentifier::new_unwrap("1.3.132.0.35")),
             "secp521r1 (1.3.132.0.35)"
         );
+    }
+
+    #[test]
+    fn names_key_ignores_order() {
+        let a = Names::parse(
+            "svc",
+            &["b.example".into(), "a.example".into()],
+            &[],
+            &["10.0.0.1".into()],
+        )
+        .unwrap();
+        let b = Names::parse(
+            "svc",
+            &["a.example".into(), "b.example".into()],
+            &[],
+            &["10.0.0.1".into()],
+        )
+        .unwrap();
+        assert_eq!(names_key(&a), names_key(&b));
+        assert_eq!(
+            name_list(&a),
+            ["CN:svc", "DNS:a.example", "DNS:b.example", "IP:10.0.0.1"]
+        );
+        let c = Names::parse("svc", &["a.example".into()], &[], &[]).unwrap();
+        assert_ne!(names_key(&a), names_key(&c));
     }
 }

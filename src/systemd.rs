@@ -11,7 +11,7 @@
 //! (`Restart=on-failure`).
 //!
 //! While the token is *unavailable* (a token-level fault was seen and the
-//! recovery thread is rebuilding it, see [`crate::token::supervisor`]) the
+//! recovery thread is rebuilding it: [`crate::signing::Readiness`]) the
 //! pings go on and `STATUS=` says so: the daemon is alive, answers what
 //! needs no signature, reports NOT_SERVING on `grpc.health.v1`, and will
 //! serve again by itself as soon as the token is back — a restart would do
@@ -23,7 +23,7 @@ use std::{future::Future, time::Duration};
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
-use crate::token::pool::TokenState;
+use crate::signing::Readiness;
 
 /// Sends `STATUS=msg` (and nothing else).
 pub fn status(msg: &str) {
@@ -69,7 +69,7 @@ pub enum Probe {
 /// in tests); a `STATUS=` line goes with a ping only when the state changes.
 pub async fn run_watchdog<P, F>(
     period: Duration,
-    state: watch::Receiver<TokenState>,
+    state: watch::Receiver<Readiness>,
     mut probe: P,
     send: impl Fn(&[NotifyState]),
 ) where
@@ -80,7 +80,7 @@ pub async fn run_watchdog<P, F>(
     let mut last: Option<String> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let found = if *state.borrow() == TokenState::Unavailable {
+        let found = if *state.borrow() == Readiness::Unavailable {
             Probe::Unavailable
         } else {
             match tokio::time::timeout(every, probe()).await {
@@ -112,7 +112,7 @@ pub async fn run_watchdog<P, F>(
 }
 
 /// The daemon's watchdog: [`run_watchdog`] with systemd's socket.
-pub async fn watchdog<P, F>(period: Duration, state: watch::Receiver<TokenState>, probe: P)
+pub async fn watchdog<P, F>(period: Duration, state: watch::Receiver<Readiness>, probe: P)
 where
     P: FnMut() -> F,
     F: Future<Output = Probe>,
@@ -144,7 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn pings_follow_the_probe_and_the_token_state() {
-        let (tx, rx) = watch::channel(TokenState::Ready);
+        let (tx, rx) = watch::channel(Readiness::Ready);
         let (seen, send) = recorder();
         // Rounds: signed, signed, hung (timeout), failed, signed; then the
         // token goes unavailable.
@@ -177,7 +177,7 @@ mod tests {
         while count() < 5 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tx.send(TokenState::Unavailable).unwrap();
+        tx.send(Readiness::Unavailable).unwrap();
         while count() < 9 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

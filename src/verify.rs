@@ -10,6 +10,13 @@ use spki::{
 };
 
 use crate::signing::*;
+use const_oid::db::rfc5912::ID_EC_PUBLIC_KEY as EC_PUBLIC_KEY;
+use const_oid::db::rfc5912::ID_SHA_256 as SHA256;
+use const_oid::db::rfc5912::ID_SHA_384 as SHA384;
+use const_oid::db::rfc5912::ID_SHA_512 as SHA512;
+use const_oid::db::rfc5912::RSA_ENCRYPTION;
+use const_oid::db::rfc5912::SECP_256_R_1 as SECP256R1;
+use const_oid::db::rfc5912::SECP_384_R_1 as SECP384R1;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -24,14 +31,6 @@ pub enum VerifyError {
     #[error("the signature does not verify")]
     Invalid,
 }
-
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
-const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 
 #[derive(Clone, Copy)]
 enum Hash {
@@ -75,81 +74,12 @@ pub fn verify(
     let spki_der = spki.to_der().map_err(|_| VerifyError::BadKey)?;
     match alg.oid {
         ECDSA_WITH_SHA256 | ECDSA_WITH_SHA384 | ECDSA_WITH_SHA512 => {
-            if spki.algorithm.oid != EC_PUBLIC_KEY {
-                return Err(VerifyError::KeyMismatch);
-            }
-            let hash = match alg.oid {
-                ECDSA_WITH_SHA256 => Hash::S256,
-                ECDSA_WITH_SHA384 => Hash::S384,
-                _ => Hash::S512,
-            };
-            let digest = hash.of(msg);
-            match named_curve(spki) {
-                Some(SECP256R1) => {
-                    let key = p256::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
-                        .map_err(|_| VerifyError::BadKey)?;
-                    let sig = p256::ecdsa::DerSignature::from_bytes(sig)
-                        .map_err(|_| VerifyError::Malformed)?;
-                    key.verify_prehash(&digest, &sig)
-                        .map_err(|_| VerifyError::Invalid)
-                }
-                Some(SECP384R1) => {
-                    let key = p384::ecdsa::VerifyingKey::from_public_key_der(&spki_der)
-                        .map_err(|_| VerifyError::BadKey)?;
-                    let sig = p384::ecdsa::DerSignature::from_bytes(sig)
-                        .map_err(|_| VerifyError::Malformed)?;
-                    key.verify_prehash(&digest, &sig)
-                        .map_err(|_| VerifyError::Invalid)
-                }
-                _ => Err(VerifyError::BadKey),
-            }
+            verify_ecdsa(spki, &spki_der, alg, msg, sig)
         }
         SHA256_WITH_RSA | SHA384_WITH_RSA | SHA512_WITH_RSA => {
-            let key = rsa_key(spki, &spki_der)?;
-            let sig =
-                rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| VerifyError::Malformed)?;
-            let r = match alg.oid {
-                SHA256_WITH_RSA => rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
-                    .verify_prehash(&Sha256::digest(msg), &sig),
-                SHA384_WITH_RSA => rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key)
-                    .verify_prehash(&Sha384::digest(msg), &sig),
-                _ => rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key)
-                    .verify_prehash(&Sha512::digest(msg), &sig),
-            };
-            r.map_err(|_| VerifyError::Invalid)
+            verify_pkcs1(spki, &spki_der, alg, msg, sig)
         }
-        RSASSA_PSS => {
-            let key = rsa_key(spki, &spki_der)?;
-            let params = alg.parameters.as_ref().ok_or(VerifyError::Malformed)?;
-            let params_der = params.to_der().map_err(|_| VerifyError::Malformed)?;
-            let params = rsa::pkcs1::RsaPssParams::<der::Any>::from_der(&params_der)
-                .map_err(|_| VerifyError::Malformed)?;
-            let hash = Hash::from_oid(params.hash.oid).ok_or_else(|| {
-                VerifyError::UnsupportedAlgorithm(format!(
-                    "RSASSA-PSS with hash {}",
-                    params.hash.oid
-                ))
-            })?;
-            // MGF1 must use the same hash; anything else is exotic enough to refuse.
-            let mgf_hash = params.mask_gen.parameters.as_ref().map(|p| p.oid);
-            if mgf_hash != Some(params.hash.oid) {
-                return Err(VerifyError::UnsupportedAlgorithm(
-                    "RSASSA-PSS with a different MGF1 hash".into(),
-                ));
-            }
-            let salt = usize::from(params.salt_len);
-            let sig = rsa::pss::Signature::try_from(sig).map_err(|_| VerifyError::Malformed)?;
-            let digest = hash.of(msg);
-            let r = match hash {
-                Hash::S256 => rsa::pss::VerifyingKey::<Sha256>::new_with_salt_len(key, salt)
-                    .verify_prehash(&digest, &sig),
-                Hash::S384 => rsa::pss::VerifyingKey::<Sha384>::new_with_salt_len(key, salt)
-                    .verify_prehash(&digest, &sig),
-                Hash::S512 => rsa::pss::VerifyingKey::<Sha512>::new_with_salt_len(key, salt)
-                    .verify_prehash(&digest, &sig),
-            };
-            r.map_err(|_| VerifyError::Invalid)
-        }
+        RSASSA_PSS => verify_pss(spki, &spki_der, alg, msg, sig),
         ED25519 => {
             if spki.algorithm.oid != ED25519 {
                 return Err(VerifyError::KeyMismatch);
@@ -165,6 +95,99 @@ pub fn verify(
             other,
         ))),
     }
+}
+
+fn verify_ecdsa(
+    spki: &SubjectPublicKeyInfoOwned,
+    spki_der: &[u8],
+    alg: &AlgorithmIdentifierOwned,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    if spki.algorithm.oid != EC_PUBLIC_KEY {
+        return Err(VerifyError::KeyMismatch);
+    }
+    let hash = match alg.oid {
+        ECDSA_WITH_SHA256 => Hash::S256,
+        ECDSA_WITH_SHA384 => Hash::S384,
+        _ => Hash::S512,
+    };
+    let digest = hash.of(msg);
+    match named_curve(spki) {
+        Some(SECP256R1) => {
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+                .map_err(|_| VerifyError::BadKey)?;
+            let sig =
+                p256::ecdsa::DerSignature::from_bytes(sig).map_err(|_| VerifyError::Malformed)?;
+            key.verify_prehash(&digest, &sig)
+                .map_err(|_| VerifyError::Invalid)
+        }
+        Some(SECP384R1) => {
+            let key = p384::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+                .map_err(|_| VerifyError::BadKey)?;
+            let sig =
+                p384::ecdsa::DerSignature::from_bytes(sig).map_err(|_| VerifyError::Malformed)?;
+            key.verify_prehash(&digest, &sig)
+                .map_err(|_| VerifyError::Invalid)
+        }
+        _ => Err(VerifyError::BadKey),
+    }
+}
+
+fn verify_pkcs1(
+    spki: &SubjectPublicKeyInfoOwned,
+    spki_der: &[u8],
+    alg: &AlgorithmIdentifierOwned,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    let key = rsa_key(spki, spki_der)?;
+    let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| VerifyError::Malformed)?;
+    let r = match alg.oid {
+        SHA256_WITH_RSA => rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+            .verify_prehash(&Sha256::digest(msg), &sig),
+        SHA384_WITH_RSA => rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key)
+            .verify_prehash(&Sha384::digest(msg), &sig),
+        _ => rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key)
+            .verify_prehash(&Sha512::digest(msg), &sig),
+    };
+    r.map_err(|_| VerifyError::Invalid)
+}
+
+fn verify_pss(
+    spki: &SubjectPublicKeyInfoOwned,
+    spki_der: &[u8],
+    alg: &AlgorithmIdentifierOwned,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    let key = rsa_key(spki, spki_der)?;
+    let params = alg.parameters.as_ref().ok_or(VerifyError::Malformed)?;
+    let params_der = params.to_der().map_err(|_| VerifyError::Malformed)?;
+    let params = rsa::pkcs1::RsaPssParams::<der::Any>::from_der(&params_der)
+        .map_err(|_| VerifyError::Malformed)?;
+    let hash = Hash::from_oid(params.hash.oid).ok_or_else(|| {
+        VerifyError::UnsupportedAlgorithm(format!("RSASSA-PSS with hash {}", params.hash.oid))
+    })?;
+    // MGF1 must use the same hash; anything else is exotic enough to refuse.
+    let mgf_hash = params.mask_gen.parameters.as_ref().map(|p| p.oid);
+    if mgf_hash != Some(params.hash.oid) {
+        return Err(VerifyError::UnsupportedAlgorithm(
+            "RSASSA-PSS with a different MGF1 hash".into(),
+        ));
+    }
+    let salt = usize::from(params.salt_len);
+    let sig = rsa::pss::Signature::try_from(sig).map_err(|_| VerifyError::Malformed)?;
+    let digest = hash.of(msg);
+    let r = match hash {
+        Hash::S256 => rsa::pss::VerifyingKey::<Sha256>::new_with_salt_len(key, salt)
+            .verify_prehash(&digest, &sig),
+        Hash::S384 => rsa::pss::VerifyingKey::<Sha384>::new_with_salt_len(key, salt)
+            .verify_prehash(&digest, &sig),
+        Hash::S512 => rsa::pss::VerifyingKey::<Sha512>::new_with_salt_len(key, salt)
+            .verify_prehash(&digest, &sig),
+    };
+    r.map_err(|_| VerifyError::Invalid)
 }
 
 fn rsa_key(spki: &SubjectPublicKeyInfoOwned, der: &[u8]) -> Result<rsa::RsaPublicKey, VerifyError> {

@@ -6,7 +6,7 @@
 //!
 //! The channel uses grpcio's defaults (CHANNEL_OPTIONS in the script is
 //! empty), so its :authority is the percent-encoded socket path, which the
-//! daemon must accept (see `server::authority`).
+//! daemon must accept (see `server::http2_authority`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -2,18 +2,18 @@
 //! `page_token`, `ListCertificateRequests.filter`.
 #![no_main]
 
-use hsmca::server::{records, requests};
+use hsmca::server::{replies, requests};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = records::parse_filter(text);
+    let _ = replies::parse_filter(text);
     let _ = requests::parse_filter(text);
-    if let Some((t, id)) = records::decode_page_token(text) {
+    if let Some((t, id)) = replies::decode_page_token(text) {
         // A token that decodes must survive a round trip.
-        let again = records::encode_page_token(t, &id);
-        assert_eq!(records::decode_page_token(&again), Some((t, id)));
+        let again = replies::encode_page_token(t, &id);
+        assert_eq!(replies::decode_page_token(&again), Some((t, id)));
     }
 });

@@ -2,7 +2,7 @@
 //! of the protobuf message: decoding, request_id, profile, duration,
 //! description, tags, the key or the CSR (signature included), the names,
 //! and every decision up to the certificate to be signed. Nothing is
-//! signed: `Issuer::check` never calls the signer, and the one used here
+//! signed: `Issuer::check` and `Issuer::decide` never call the signer, and the one used here
 //! refuses anyway; no token is involved.
 #![no_main]
 
@@ -15,9 +15,10 @@ use hsmca::{
     ca::CaChain,
     config::ProfilesConfig,
     issue::Issuer,
+    profile::Limits,
     proto::GenerateClientCertificateRequest,
-    signing::{DigestSigner, SignError, SignatureScheme},
-    token::TokenError,
+    server::service::issue_request,
+    signing::{DigestSigner, SignError, SignFuture, SignatureScheme},
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -37,12 +38,12 @@ impl DigestSigner for NoSigner {
     fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
         &self.0
     }
-    async fn sign_digest(&self, _digest: Vec<u8>) -> Result<Vec<u8>, SignError> {
-        Err(SignError::Token(TokenError::Stopped))
+    fn sign_digest(&self, _digest: Vec<u8>) -> SignFuture<'_> {
+        Box::pin(async { Err(SignError::Stopped) })
     }
 }
 
-static ISSUER: LazyLock<Issuer<NoSigner>> = LazyLock::new(|| {
+static ISSUER: LazyLock<Issuer> = LazyLock::new(|| {
     let cert = Certificate::from_pem(CA_PEM).expect("fuzz/ca.pem parses");
     let spki = cert.tbs_certificate().subject_public_key_info().clone();
     let ca = CaChain::from_certs(vec![cert], "fuzz/ca.pem").expect("fuzz/ca.pem is a CA");
@@ -58,5 +59,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = GenerateClientCertificateRequest::decode(data) else {
         return;
     };
-    let _ = ISSUER.check(req);
+    // Every decision the issuer makes, under a policy that grants all.
+    if let Ok(checked) = ISSUER.check(issue_request(req)) {
+        let _ = ISSUER.decide(checked, Limits::default());
+    }
 });

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use hsmca::{
     config::ProfileBounds,
     issue::{
-        certificate::LeafProfile, check_description, check_duration, check_request_id, check_tags,
+        RequestedLifetime, check_description, check_request_id, check_tags,
+        request::check_duration,
     },
+    profile::LeafProfile,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -24,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     secs.copy_from_slice(&head[..8]);
     let mut nanos = [0u8; 4];
     nanos.copy_from_slice(&head[8..12]);
-    let duration = prost_types::Duration {
+    let duration = RequestedLifetime {
         seconds: i64::from_le_bytes(secs),
         nanos: i32::from_le_bytes(nanos),
     };

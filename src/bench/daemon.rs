@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cli::CliResult;
+use crate::client::CliResult;
 
 /// Where `softhsm-setup/setup.sh` is: `--setup`, `HSMCA_SETUP`, the current
 /// directory, the source tree this binary was built from, or a directory

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use super::daemon::Daemon;
 use crate::{
-    cli::{CliResult, client::connect},
+    client::{CliResult, connect},
     proto::{
         ClientCertificate, GenerateClientCertificateRequest, GetClientCertificateRequest,
         certificate_authority_client::CertificateAuthorityClient,

@@ -11,24 +11,23 @@ pub mod daemon;
 pub mod load;
 pub mod peer;
 pub mod raw;
+pub mod report;
 pub mod wave;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 use der::pem::LineEnding;
-use serde::Serialize;
 use spki::EncodePublicKey;
 
 use self::{
     daemon::{Daemon, Testbed},
     load::{LoadResult, Work},
-    peer::PeerResult,
     raw::RawResult,
-    wave::WaveResult,
+    report::{DaemonFigures, IssueRun, KeyResult, Machine, ReplayResult, Report, targets},
 };
 use crate::{
-    cli::{CliResult, client::connect},
+    client::{CliResult, connect},
     proto::{
         GenerateClientCertificateRequest, certificate_authority_client::CertificateAuthorityClient,
     },
@@ -71,85 +70,6 @@ pub struct BenchArgs {
     pub setup: Option<PathBuf>,
 }
 
-/// Everything measured for one CA key type.
-#[derive(Debug, Clone, Serialize)]
-pub struct KeyResult {
-    pub key: String,
-    pub sessions: usize,
-    pub raw: RawResult,
-    pub issuance: Vec<IssueRun>,
-    pub daemon: DaemonFigures,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub get_by_id: Option<LoadResult>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replay: Option<ReplayResult>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wave: Option<WaveResult>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<PeerResult>,
-    /// hsmca's certificates/s at the highest concurrency ÷ the peer's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_ratio: Option<f64>,
-    pub targets: Vec<Target>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IssueRun {
-    #[serde(flatten)]
-    pub load: LoadResult,
-    /// certificates/s ÷ raw signatures/s.
-    pub throughput_ratio: f64,
-    /// raw CPU-µs per signature ÷ daemon CPU-µs per certificate.
-    pub efficiency_ratio: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DaemonFigures {
-    /// exec until the socket accepted a connection.
-    pub ready_ms: f64,
-    /// What the daemon logged for opening the token (module, login, key
-    /// lookup, sessions).
-    pub token_ms: f64,
-    pub ready_excluding_login_ms: f64,
-    pub idle_rss_kib: u64,
-    /// VmHWM at the end of the run.
-    pub peak_rss_kib: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplayResult {
-    #[serde(flatten)]
-    pub load: LoadResult,
-    /// Every replay was byte-for-byte the original reply (so no new
-    /// certificate, and no C_Sign, was made).
-    pub identical_replies: bool,
-    /// replays/s ÷ fresh certificates/s at the same concurrency.
-    pub speedup_ratio: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Target {
-    pub name: String,
-    pub target: String,
-    pub measured: String,
-    pub met: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub cpus: usize,
-    pub load_average_before: String,
-    pub load_average_after: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub hsmca_version: String,
-    pub seconds_per_run: f64,
-    pub machine: Machine,
-    pub results: Vec<KeyResult>,
-}
-
 /// A few P-256 subject public keys (PEM).
 fn subject_keys(n: usize) -> CliResult<Vec<String>> {
     (0..n)
@@ -185,16 +105,7 @@ pub async fn bench(args: BenchArgs) -> CliResult {
         },
         results,
     };
-    let json = serde_json::to_string_pretty(&report)? + "\n";
-    if let Some(path) = &args.json_out {
-        crate::cli::client::write_out(Some(path), &json)?;
-    }
-    if args.json {
-        crate::cli::client::write_out(None, &json)?;
-    } else {
-        crate::cli::client::write_out(None, &text(&report))?;
-    }
-    Ok(())
+    report::emit(&report, args.json, args.json_out.as_deref())
 }
 
 fn progress(args: &BenchArgs, msg: &str) {
@@ -226,60 +137,17 @@ async fn bench_key(
     let raw = raw::in_child(&bed, seconds)?;
     progress(args, &format!("{key}: starting hsmca serve"));
     let d = Daemon::start(&bed)?;
-    // The daemon logs its timings right after it binds the socket.
-    let mut token_ms = d.logged_token_ms();
-    for _ in 0..200 {
-        if token_ms.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        token_ms = d.logged_token_ms();
-    }
-    let token_ms = token_ms.ok_or("the daemon did not log token_ms= in its \"serving\" line")?;
+    let token_ms = token_ms(&d).await?;
     let ready_ms = d.ready.as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_kib = d.vm_kib("VmRSS")?;
     let socket = bed.socket();
     let keys = Arc::new(subject_keys(4)?);
-    let warmup = Duration::from_secs_f64((seconds / 4.0).clamp(0.2, 1.0));
+    let warmup = warmup(seconds);
 
-    let mut issuance = Vec::new();
-    let mut ids = Vec::new();
-    for &c in &args.clients {
-        progress(
-            args,
-            &format!("{key}: issuing with {c} clients for {seconds} s"),
-        );
-        let work = Work::Issue {
-            keys: keys.clone(),
-            tag: format!("c{c}"),
-        };
-        let (load, got) = load::run(&socket, &d, work, c, warmup, seconds, 2000).await?;
-        if got.len() > ids.len() {
-            ids = got;
-        }
-        issuance.push(IssueRun {
-            throughput_ratio: load.per_s / raw.signs_per_s,
-            efficiency_ratio: raw.cpu_us_per_sign
-                / load.daemon_cpu_us_per_op.max(f64::MIN_POSITIVE),
-            load,
-        });
-    }
+    let (issuance, ids) = issuance(args, key, &socket, &d, &keys, &raw, seconds).await?;
 
-    let get_by_id = if ids.is_empty() {
-        None
-    } else {
-        progress(
-            args,
-            &format!("{key}: GetClientCertificate with 16 clients"),
-        );
-        let work = Work::Get { ids: Arc::new(ids) };
-        Some(
-            load::run(&socket, &d, work, 16, warmup, seconds, 0)
-                .await?
-                .0,
-        )
-    };
+    let get_by_id = get_by_id(args, key, &socket, &d, ids, seconds).await?;
 
     progress(args, &format!("{key}: request_id replays with 8 clients"));
     let replay = replay(&socket, &d, &keys, warmup, seconds, &issuance).await?;
@@ -331,6 +199,88 @@ async fn bench_key(
     Ok(r)
 }
 
+/// How long each load run warms up before its measured `seconds`.
+fn warmup(seconds: f64) -> Duration {
+    Duration::from_secs_f64((seconds / 4.0).clamp(0.2, 1.0))
+}
+
+/// The time the daemon logged for opening its token (`token_ms=` in its
+/// "serving" line, written right after it binds the socket).
+async fn token_ms(d: &Daemon) -> CliResult<f64> {
+    let mut token_ms = d.logged_token_ms();
+    for _ in 0..200 {
+        if token_ms.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        token_ms = d.logged_token_ms();
+    }
+    Ok(token_ms.ok_or("the daemon did not log token_ms= in its \"serving\" line")?)
+}
+
+/// Issuance at each of `--clients` concurrencies, and the ids of the most
+/// certificates one run made (for the reads by id).
+async fn issuance(
+    args: &BenchArgs,
+    key: &str,
+    socket: &std::path::Path,
+    d: &Daemon,
+    keys: &Arc<Vec<String>>,
+    raw: &RawResult,
+    seconds: f64,
+) -> CliResult<(Vec<IssueRun>, Vec<String>)> {
+    let warmup = warmup(seconds);
+    let mut issuance = Vec::new();
+    let mut ids = Vec::new();
+    for &c in &args.clients {
+        progress(
+            args,
+            &format!("{key}: issuing with {c} clients for {seconds} s"),
+        );
+        let work = Work::Issue {
+            keys: keys.clone(),
+            tag: format!("c{c}"),
+        };
+        let (load, got) = load::run(socket, d, work, c, warmup, seconds, 2000).await?;
+        if got.len() > ids.len() {
+            ids = got;
+        }
+        issuance.push(IssueRun {
+            throughput_ratio: load.per_s / raw.signs_per_s,
+            efficiency_ratio: raw.cpu_us_per_sign
+                / load.daemon_cpu_us_per_op.max(f64::MIN_POSITIVE),
+            load,
+        });
+    }
+    Ok((issuance, ids))
+}
+
+/// Reads by id (GetClientCertificate) of certificates issued earlier, when
+/// there are any.
+async fn get_by_id(
+    args: &BenchArgs,
+    key: &str,
+    socket: &std::path::Path,
+    d: &Daemon,
+    ids: Vec<String>,
+    seconds: f64,
+) -> CliResult<Option<LoadResult>> {
+    Ok(if ids.is_empty() {
+        None
+    } else {
+        progress(
+            args,
+            &format!("{key}: GetClientCertificate with 16 clients"),
+        );
+        let work = Work::Get { ids: Arc::new(ids) };
+        Some(
+            load::run(socket, d, work, 16, warmup(seconds), seconds, 0)
+                .await?
+                .0,
+        )
+    })
+}
+
 async fn replay(
     socket: &std::path::Path,
     d: &Daemon,
@@ -352,7 +302,7 @@ async fn replay(
         let reply = client
             .generate_client_certificate(req.clone())
             .await
-            .map_err(crate::cli::client::status_error)?
+            .map_err(crate::client::status_error)?
             .into_inner();
         requests.push(req);
         expected.push(reply);
@@ -371,233 +321,4 @@ async fn replay(
         speedup_ratio: fresh.map_or(0.0, |f| load.per_s / f),
         load,
     }))
-}
-
-fn target(name: &str, target: String, measured: String, met: bool) -> Target {
-    Target {
-        name: name.to_owned(),
-        target,
-        measured,
-        met,
-    }
-}
-
-/// The issue's targets, each checked against this run.
-fn targets(r: &KeyResult) -> Vec<Target> {
-    let rsa = r.key.starts_with("rsa");
-    let p256 = r.key == "p256";
-    let mut t = Vec::new();
-    let top = r.issuance.iter().max_by_key(|x| x.load.clients);
-    if let Some(top) = top {
-        let c = top.load.clients;
-        let (eff, thr, rate) = if rsa {
-            (0.93, 0.85, 2500.0)
-        } else {
-            (0.70, 0.50, 10_000.0)
-        };
-        if p256 || r.key == "rsa2048" {
-            t.push(target(
-                &format!("efficiency at C={c}"),
-                format!(">= {eff:.2}"),
-                format!("{:.2}", top.efficiency_ratio),
-                top.efficiency_ratio >= eff,
-            ));
-            t.push(target(
-                &format!("throughput ratio at C={c}"),
-                format!(">= {thr:.2}"),
-                format!("{:.2}", top.throughput_ratio),
-                top.throughput_ratio >= thr,
-            ));
-            t.push(target(
-                &format!("certificates/s at C={c}"),
-                format!(">= {rate:.0}"),
-                format!("{:.0}", top.load.per_s),
-                top.load.per_s >= rate,
-            ));
-        }
-    }
-    if let Some(p) = r.peer_ratio {
-        t.push(target(
-            "× the OpenSSL CLI peer",
-            ">= 150".into(),
-            format!("{p:.0}"),
-            p >= 150.0,
-        ));
-    }
-    if p256 && let Some(c8) = r.issuance.iter().find(|x| x.load.clients == 8) {
-        t.push(target(
-            "p99 at C=8",
-            "<= 3 ms".into(),
-            format!("{:.2} ms", c8.load.latency.p99_ms),
-            c8.load.latency.p99_ms <= 3.0,
-        ));
-    }
-    t.push(target(
-        "daemon peak RSS",
-        "<= 64 MiB".into(),
-        format!("{:.1} MiB", r.daemon.peak_rss_kib as f64 / 1024.0),
-        r.daemon.peak_rss_kib <= 64 * 1024,
-    ));
-    t.push(target(
-        "daemon idle RSS",
-        "<= 24 MiB".into(),
-        format!("{:.1} MiB", r.daemon.idle_rss_kib as f64 / 1024.0),
-        r.daemon.idle_rss_kib <= 24 * 1024,
-    ));
-    t.push(target(
-        "start to READY, login excluded",
-        "<= 150 ms".into(),
-        format!("{:.0} ms", r.daemon.ready_excluding_login_ms),
-        r.daemon.ready_excluding_login_ms <= 150.0,
-    ));
-    if let Some(g) = &r.get_by_id {
-        t.push(target(
-            "GetClientCertificate at C=16",
-            ">= 20000/s".into(),
-            format!("{:.0}/s", g.per_s),
-            g.per_s >= 20_000.0,
-        ));
-    }
-    if let Some(rp) = &r.replay {
-        t.push(target(
-            "replay vs fresh at C=8 (identical, no C_Sign)",
-            ">= 5×".into(),
-            format!(
-                "{:.1}× ({})",
-                rp.speedup_ratio,
-                if rp.identical_replies {
-                    "identical"
-                } else {
-                    "NOT identical"
-                }
-            ),
-            rp.speedup_ratio >= 5.0 && rp.identical_replies,
-        ));
-    }
-    t
-}
-
-fn kib(k: u64) -> String {
-    format!("{:.1} MiB", k as f64 / 1024.0)
-}
-
-fn text_for_key(r: &KeyResult) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\n== CA key {} ({} token sessions) ==\nraw C_Sign: {:.0} signatures/s, {:.1} CPU-µs per signature",
-        r.key, r.sessions, r.raw.signs_per_s, r.raw.cpu_us_per_sign
-    );
-    let _ = writeln!(
-        s,
-        "{:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>10} {:>10} {:>6}",
-        "C",
-        "certs/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "max ms",
-        "µs/cert",
-        "thr ratio",
-        "eff ratio",
-        "errors"
-    );
-    for i in &r.issuance {
-        let l = &i.load;
-        let _ = writeln!(
-            s,
-            "{:>4} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>9.1} {:>10.2} {:>10.2} {:>6}",
-            l.clients,
-            l.per_s,
-            l.latency.p50_ms,
-            l.latency.p90_ms,
-            l.latency.p99_ms,
-            l.latency.max_ms,
-            l.daemon_cpu_us_per_op,
-            i.throughput_ratio,
-            i.efficiency_ratio,
-            l.errors
-        );
-    }
-    let d = &r.daemon;
-    let _ = writeln!(
-        s,
-        "daemon: READY {:.0} ms after exec ({:.0} ms token login, {:.0} ms without); RSS idle {}, peak {}",
-        d.ready_ms,
-        d.token_ms,
-        d.ready_excluding_login_ms,
-        kib(d.idle_rss_kib),
-        kib(d.peak_rss_kib)
-    );
-    if let Some(g) = &r.get_by_id {
-        let _ = writeln!(
-            s,
-            "GetClientCertificate, C=16: {:.0}/s, p99 {:.2} ms, {:.1} daemon CPU-µs each",
-            g.per_s, g.latency.p99_ms, g.daemon_cpu_us_per_op
-        );
-    }
-    if let Some(rp) = &r.replay {
-        let _ = writeln!(
-            s,
-            "request_id replay, C=8: {:.0}/s ({:.1}× fresh), p99 {:.2} ms, {:.1} daemon CPU-µs each, replies {}",
-            rp.load.per_s,
-            rp.speedup_ratio,
-            rp.load.latency.p99_ms,
-            rp.load.daemon_cpu_us_per_op,
-            if rp.identical_replies {
-                "identical"
-            } else {
-                "NOT identical"
-            }
-        );
-    }
-    if let Some(w) = &r.wave {
-        let _ = writeln!(
-            s,
-            "renewal wave: {} requests first-issued in {:.2} s, {} renewed in {:.2} s; one interactive client's p99: {:.2} ms before, {:.2} ms during first issues, {:.2} ms during renewals (max {:.1} ms)",
-            w.requests,
-            w.first_issue_s,
-            w.renewed,
-            w.renewal_s,
-            w.client_before.p99_ms,
-            w.client_during_first_issue.p99_ms,
-            w.client_during_renewals.p99_ms,
-            w.client_during_renewals.max_ms
-        );
-    }
-    if let (Some(p), Some(ratio)) = (&r.peer, r.peer_ratio) {
-        let _ = writeln!(
-            s,
-            "OpenSSL CLI peer: {:.1} certificates/s over {} runs; hsmca at the highest concurrency: {:.0}×",
-            p.per_s, p.runs, ratio
-        );
-    }
-    let _ = writeln!(s, "targets:");
-    for t in &r.targets {
-        let _ = writeln!(
-            s,
-            "  [{}] {}: {} (target {})",
-            if t.met { "met" } else { "MISSED" },
-            t.name,
-            t.measured,
-            t.target
-        );
-    }
-    s
-}
-
-fn text(report: &Report) -> String {
-    let mut s = format!(
-        "hsmca {} bench: {} s per run, {} CPUs, load average {} before, {} after\n",
-        report.hsmca_version,
-        report.seconds_per_run,
-        report.machine.cpus,
-        report.machine.load_average_before,
-        report.machine.load_average_after
-    );
-    for r in &report.results {
-        s.push_str(&text_for_key(r));
-    }
-    s
 }

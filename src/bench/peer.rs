@@ -8,7 +8,7 @@ use std::{path::Path, process::Command, time::Instant};
 use serde::Serialize;
 
 use super::daemon::{Testbed, run_quiet};
-use crate::cli::CliResult;
+use crate::client::CliResult;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerResult {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::daemon::proc_cpu_us;
 use crate::{
-    cli::CliResult,
+    client::CliResult,
     config::Config,
     signing::SignatureScheme,
     token::{KeySelector, Token, pool::mechanism},
@@ -43,7 +43,7 @@ pub fn in_child(bed: &super::daemon::Testbed, seconds: f64) -> CliResult<RawResu
 pub async fn main(config: &std::path::Path, seconds: f64) -> CliResult {
     let cfg = Config::load(config)?;
     let r = tokio::task::spawn_blocking(move || run(&cfg, seconds)).await??;
-    crate::cli::client::write_out(None, &serde_json::to_string(&r)?)
+    crate::client::write_out(None, &serde_json::to_string(&r)?)
 }
 
 pub fn run(cfg: &Config, seconds: f64) -> CliResult<RawResult> {

@@ -20,7 +20,7 @@ use x509_cert::builder::Builder;
 
 use super::{daemon::Testbed, load::Latency};
 use crate::{
-    cli::{CliResult, client::connect},
+    client::{CliResult, connect},
     proto::{
         CertificateRequestSpec, CreateCertificateRequestRequest, GenerateClientCertificateRequest,
         certificate_authority_client::CertificateAuthorityClient,

@@ -9,7 +9,7 @@ use super::{CliResult, client::write_out};
 use crate::{
     audit::{AuditEntry, GENESIS, verify_rows},
     config::Config,
-    store::{Store, sql::SqlStore},
+    store::{AuditStore, sqlite::SqliteStore},
 };
 
 /// Records read per query.
@@ -47,7 +47,7 @@ pub struct VerifyArgs {
 
 /// The daemon's store; refuses a state directory without one rather than
 /// creating an empty store that would verify as "intact".
-async fn open(config: &std::path::Path) -> CliResult<SqlStore> {
+async fn open(config: &std::path::Path) -> CliResult<SqliteStore> {
     let cfg = Config::load(config)?;
     let db = cfg.state.dir.join("hsmca.db");
     if !db.is_file() {
@@ -57,11 +57,11 @@ async fn open(config: &std::path::Path) -> CliResult<SqlStore> {
         )
         .into());
     }
-    Ok(SqlStore::open_sqlite(&cfg.state.dir).await?)
+    Ok(SqliteStore::open_sqlite(&cfg.state.dir).await?)
 }
 
 fn line(seq: i64, e: &AuditEntry) -> String {
-    let time = crate::cli::records::rfc3339(
+    let time = crate::time::rfc3339(
         &prost_types::Timestamp {
             seconds: e.time_us.div_euclid(1_000_000),
             nanos: (e.time_us.rem_euclid(1_000_000) * 1000) as i32,

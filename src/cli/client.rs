@@ -2,13 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint, Uri},
-};
-
 use super::{CliResult, Connection, IssueArgs};
+pub use crate::client::{connect, status_error, write_out};
 use crate::{
     config::{Config, ServerConfig},
     proto::{
@@ -29,67 +24,8 @@ pub fn socket_path(conn: &Connection) -> CliResult<PathBuf> {
     Ok(ServerConfig::default().socket)
 }
 
-pub async fn connect(socket: &Path) -> CliResult<Channel> {
-    let path = socket.to_owned();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    Ok(channel)
-}
-
-/// The canonical gRPC name of a status code, as users see it in docs.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-pub(crate) fn status_error(s: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
-    format!("{}: {}", code_name(s.code()), s.message()).into()
-}
-
 fn read(path: &Path) -> CliResult<String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
-}
-
-pub(crate) fn write_out(path: Option<&Path>, text: &str) -> CliResult {
-    match path {
-        Some(p) => {
-            std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()).into())
-        }
-        None => {
-            // Not print!: a closed pipe (`hsmca list | head`) is an error to
-            // report, not a panic.
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(|e| format!("cannot write to standard output: {e}").into())
-        }
-    }
 }
 
 pub async fn issue(args: IssueArgs) -> CliResult {

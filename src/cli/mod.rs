@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub use crate::client::CliResult;
 
 /// `hsmca --version`: the crate version and the commit it was built from
 /// (build.rs; "unknown" when built outside a git checkout).

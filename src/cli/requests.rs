@@ -18,7 +18,7 @@ use tonic::{Code, transport::Channel};
 use super::{
     CliResult, Connection,
     client::{connect, socket_path, status_error, write_out},
-    records::{parse_tag, rfc3339},
+    records::parse_tag,
 };
 use crate::proto::{
     CertificateRequest, CertificateRequestSpec, CreateCertificateRequestRequest,
@@ -27,6 +27,7 @@ use crate::proto::{
     WatchCertificateRequestRequest, certificate_authority_client::CertificateAuthorityClient,
     certificate_request_status::State, certificate_requests_client::CertificateRequestsClient,
 };
+use crate::time::rfc3339;
 
 const MAX_REPLY_BYTES: usize = 64 << 20;
 
@@ -544,9 +545,13 @@ enum WatchEnd {
 
 fn classify(s: tonic::Status) -> WatchEnd {
     match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => WatchEnd::Retry(
-            format!("{}: {}", super::client::code_name(s.code()), s.message()),
-        ),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => {
+            WatchEnd::Retry(format!(
+                "{}: {}",
+                crate::server::errors::code_name(s.code()),
+                s.message()
+            ))
+        }
         _ => WatchEnd::Fatal(status_error(s)),
     }
 }

@@ -24,10 +24,10 @@ use crate::{
         socket::{self, Activated, BoundSocket, SocketFile},
     },
     signing::{DigestSigner, SignError, SignatureScheme},
-    store::sql::SqlStore,
+    store::sqlite::SqliteStore,
     systemd::{self as sd, Probe},
     token::{
-        CaKey, KeySelector, Token, TokenError,
+        CaKey, KeySelector, Token,
         faults::FaultInjector,
         pool::{PoolOptions, RebuildPlan, SignerPool},
     },
@@ -199,8 +199,8 @@ async fn watchdog_probe(pool: &SignerPool, ca: &CaChain) -> Probe {
                     )),
                 };
             }
-            Err(SignError::Token(TokenError::Unavailable)) => return Probe::Unavailable,
-            Err(SignError::Token(TokenError::Busy)) => {
+            Err(SignError::Unavailable) => return Probe::Unavailable,
+            Err(SignError::Busy) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Probe::Failed(e.to_string()),
@@ -211,6 +211,8 @@ async fn watchdog_probe(pool: &SignerPool, ca: &CaChain) -> Probe {
 pub async fn serve(config_path: &Path) -> CliResult {
     let started = std::time::Instant::now();
     let cfg = Config::load(config_path)?;
+    // The policy's rules are checked before anything else is touched.
+    let policy = Policy::compile(&cfg.policy)?;
     init_logging(&cfg)?;
     // Before any thread that may read the environment from C (the PKCS#11
     // module): this removes LISTEN_FDS/LISTEN_PID.
@@ -232,7 +234,12 @@ pub async fn serve(config_path: &Path) -> CliResult {
         started,
         token: token_started.elapsed(),
     };
-    let result = serve_with(&cfg, config_path, ca, pool.clone(), &key, activated, timing).await;
+    let loaded = Loaded {
+        cfg: &cfg,
+        path: config_path,
+        policy,
+    };
+    let result = serve_with(loaded, ca, pool.clone(), &key, activated, timing).await;
     let stopper = pool.clone();
     tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     if result.is_ok() {
@@ -244,26 +251,37 @@ pub async fn serve(config_path: &Path) -> CliResult {
 /// How long start-up took, for the "serving" log line: in total, and in
 /// the token (module, C_Initialize, login, key lookup, sessions), which
 /// depends on the HSM rather than on hsmca.
+/// The configuration as read at start-up, with its policy compiled.
+struct Loaded<'a> {
+    cfg: &'a Config,
+    path: &'a Path,
+    policy: Policy,
+}
+
 struct StartTiming {
     started: std::time::Instant,
     token: Duration,
 }
 
 async fn serve_with(
-    cfg: &Config,
-    config_path: &Path,
+    loaded: Loaded<'_>,
     ca: Arc<CaChain>,
     pool: Arc<SignerPool>,
     key: &CaKey,
     activated: Option<Activated>,
     timing: StartTiming,
 ) -> CliResult {
+    let Loaded {
+        cfg,
+        path: config_path,
+        policy,
+    } = loaded;
     sd::status("start-up self-test: signing with the token");
     ca.check_key(&key.spki)?;
     self_test(&pool, &ca).await?;
     let token_state = pool.state();
     sd::status("opening the store");
-    let store = Arc::new(SqlStore::open_sqlite(&cfg.state.dir).await?);
+    let store = Arc::new(SqliteStore::open_sqlite(&cfg.state.dir).await?);
     let probe_pool = pool.clone();
     let issuer = Arc::new(
         Issuer::new(
@@ -282,7 +300,7 @@ async fn serve_with(
     ));
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
-    let auth = Arc::new(Authorizer::new(Policy::compile(&cfg.policy)?));
+    let auth = Arc::new(Authorizer::new(policy));
     let mut reloader = tokio::task::JoinSet::new();
     reloader.spawn(reload_on_hup(config_path.to_owned(), auth.clone()));
     let requests = Arc::new(Requests::new(
@@ -327,7 +345,7 @@ async fn serve_with(
     let opts = ServeOptions {
         max_request_bytes: cfg.server.max_request_bytes,
         in_flight: in_flight.clone(),
-        token_state: Some(token_state),
+        readiness: Some(token_state),
         limits: cfg.server.limits(),
     };
     raise_fd_limit(cfg.server.max_connections);
@@ -397,9 +415,9 @@ async fn serve_with(
 }
 
 /// Binds the metrics listeners and serves them in a task of their own.
-async fn start_metrics<S: DigestSigner + 'static>(
+async fn start_metrics(
     cfg: &Config,
-    requests: Arc<Requests<S, SqlStore>>,
+    requests: Arc<Requests>,
 ) -> CliResult<(tokio::task::JoinHandle<()>, Option<SocketFile>)> {
     let m = metrics::metrics();
     m.mark_started();

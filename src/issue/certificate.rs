@@ -28,12 +28,13 @@ use x509_cert::{
     time::{Time, Validity},
 };
 
-use crate::signing::{DigestSigner, SignError};
-
-pub const ID_KP_CLIENT_AUTH: der::asn1::ObjectIdentifier =
-    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
-pub const ID_KP_SERVER_AUTH: der::asn1::ObjectIdentifier =
-    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+use crate::{
+    ca::IssuerInfo,
+    profile::{LeafProfile, Permitted},
+    signing::{DigestSigner, SignError},
+};
+pub use const_oid::db::rfc5280::ID_KP_CLIENT_AUTH;
+pub use const_oid::db::rfc5280::ID_KP_SERVER_AUTH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -91,7 +92,7 @@ impl DynSignatureAlgorithmIdentifier for TokenKeypair {
 }
 
 impl TokenKeypair {
-    pub fn of<S: DigestSigner>(signer: &S) -> Result<Self, BuildError> {
+    pub fn of<S: DigestSigner + ?Sized>(signer: &S) -> Result<Self, BuildError> {
         Ok(Self {
             spki: SpkiKey(signer.public_key().clone()),
             alg: signer
@@ -107,41 +108,13 @@ impl TokenKeypair {
 pub async fn sign_with<B, S>(mut builder: B, signer: &S) -> Result<B::Output, BuildError>
 where
     B: Builder + Send,
-    S: DigestSigner,
+    S: DigestSigner + ?Sized,
 {
     let keypair = TokenKeypair::of(signer)?;
     let tbs = builder.finalize(&keypair)?;
     let digest = signer.scheme().digest(&tbs);
     let signature = signer.sign_digest(digest).await?;
     Ok(builder.assemble(BitString::from_bytes(&signature)?, &keypair)?)
-}
-
-/// What a leaf certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeafProfile {
-    Client,
-    Server,
-    /// A CA certificate for a subordinate signer (mesh agents): pathLen 0,
-    /// name constraints from the policy rule that granted it.
-    Intermediate,
-}
-
-impl LeafProfile {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "" | "client" => Some(Self::Client),
-            "server" => Some(Self::Server),
-            "intermediate" => Some(Self::Intermediate),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Server => "server",
-            Self::Intermediate => "intermediate",
-        }
-    }
 }
 
 /// Everything that goes into one leaf certificate besides the issuer.
@@ -156,17 +129,7 @@ pub struct LeafSpec {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// For the intermediate profile: what certificates it signs may name.
-    pub permitted: Option<crate::policy::Permitted>,
-}
-
-/// The issuing CA as a leaf sees it.
-#[derive(Debug, Clone)]
-pub struct IssuerInfo {
-    pub name: Name,
-    /// The CA certificate's subjectKeyIdentifier, copied into the leaf's AKI.
-    pub key_id: Vec<u8>,
-    /// CRL distribution point, when configured.
-    pub crl_url: Option<String>,
+    pub permitted: Option<Permitted>,
 }
 
 struct Fixed {
@@ -198,7 +161,7 @@ impl BuilderProfile for Fixed {
 /// real name falls in (`hsmca.invalid`, a /32 and /128 host), so the
 /// intermediate cannot sign that type at all; a type the rule allows
 /// entirely (`**`) is left unconstrained.
-fn name_constraints(p: &crate::policy::Permitted) -> Result<Option<NameConstraints>, BuildError> {
+fn name_constraints(p: &Permitted) -> Result<Option<NameConstraints>, BuildError> {
     const NOTHING: &str = "hsmca.invalid";
     let subtree = |base| GeneralSubtree {
         base,
@@ -305,7 +268,33 @@ fn push<E: ToExtension<Error = der::Error>>(
     Ok(())
 }
 
-pub async fn build_leaf<S: DigestSigner>(
+/// The purposes of a leaf; for an intermediate, those its leaves may have
+/// (the granting rule's: an EKU in a CA certificate constrains the chain),
+/// and none when the rule gives none.
+fn extended_key_usage(
+    profile: LeafProfile,
+    permitted: Option<&Permitted>,
+) -> Option<ExtendedKeyUsage> {
+    let ekus = match profile {
+        LeafProfile::Client => vec![ID_KP_CLIENT_AUTH],
+        LeafProfile::Server => vec![ID_KP_SERVER_AUTH],
+        LeafProfile::Intermediate => {
+            let mut ekus = Vec::new();
+            if let Some(p) = permitted {
+                if p.client {
+                    ekus.push(ID_KP_CLIENT_AUTH);
+                }
+                if p.server {
+                    ekus.push(ID_KP_SERVER_AUTH);
+                }
+            }
+            ekus
+        }
+    };
+    (!ekus.is_empty()).then_some(ExtendedKeyUsage(ekus))
+}
+
+pub async fn build_leaf<S: DigestSigner + ?Sized>(
     signer: &S,
     issuer: &IssuerInfo,
     spec: LeafSpec,
@@ -335,33 +324,8 @@ pub async fn build_leaf<S: DigestSigner>(
         usage
     };
     push(&mut exts, &subject, &KeyUsage(usage))?;
-    match spec.profile {
-        LeafProfile::Client => push(
-            &mut exts,
-            &subject,
-            &ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]),
-        )?,
-        LeafProfile::Server => push(
-            &mut exts,
-            &subject,
-            &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
-        )?,
-        LeafProfile::Intermediate => {
-            // The purposes its leaves may have: those the granting rule
-            // allows (an EKU in a CA certificate constrains the chain).
-            let mut ekus = Vec::new();
-            if let Some(p) = &spec.permitted {
-                if p.client {
-                    ekus.push(ID_KP_CLIENT_AUTH);
-                }
-                if p.server {
-                    ekus.push(ID_KP_SERVER_AUTH);
-                }
-            }
-            if !ekus.is_empty() {
-                push(&mut exts, &subject, &ExtendedKeyUsage(ekus))?;
-            }
-        }
+    if let Some(eku) = extended_key_usage(spec.profile, spec.permitted.as_ref()) {
+        push(&mut exts, &subject, &eku)?;
     }
     push(
         &mut exts,
@@ -414,7 +378,7 @@ pub async fn build_leaf<S: DigestSigner>(
 }
 
 /// The CA's own certificate: self-signed, `CA=true`, signing certificates and CRLs.
-pub async fn build_root<S: DigestSigner>(
+pub async fn build_root<S: DigestSigner + ?Sized>(
     signer: &S,
     subject: Name,
     not_before: SystemTime,
@@ -460,7 +424,7 @@ pub async fn build_root<S: DigestSigner>(
 
 /// A CSR for the CA key, for an external root to sign (the CA then issues as
 /// an intermediate).
-pub async fn build_ca_csr<S: DigestSigner>(
+pub async fn build_ca_csr<S: DigestSigner + ?Sized>(
     signer: &S,
     subject: Name,
 ) -> Result<x509_cert::request::CertReq, BuildError> {

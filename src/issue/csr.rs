@@ -14,8 +14,7 @@ use x509_cert::{
 
 use super::subject_key::{KeyError, decode_pem};
 use crate::{names::Names, verify::VerifyError};
-
-const COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+use const_oid::db::rfc4519::CN as COMMON_NAME;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CsrError {

@@ -5,12 +5,11 @@ use der::{Decode, Encode};
 use spki::{DecodePublicKey, ObjectIdentifier, SubjectPublicKeyInfoOwned};
 
 use crate::names::oid_name;
-
-const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+use const_oid::db::rfc5912::ID_EC_PUBLIC_KEY as EC_PUBLIC_KEY;
+use const_oid::db::rfc5912::RSA_ENCRYPTION;
+use const_oid::db::rfc5912::SECP_256_R_1 as SECP256R1;
+use const_oid::db::rfc5912::SECP_384_R_1 as SECP384R1;
+use const_oid::db::rfc8410::ID_ED_25519 as ED25519;
 
 pub const MIN_RSA_BITS: usize = 2048;
 pub const MAX_RSA_BITS: usize = 8192;

@@ -11,17 +11,13 @@
 pub mod http;
 pub mod summary;
 
-use std::{
-    sync::LazyLock,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::LazyLock, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tonic::Code;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProfileLabels {
@@ -208,14 +204,12 @@ impl Metrics {
     }
 
     pub fn mark_started(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.start_time.set(now);
+        self.start_time.set(crate::time::unix_now());
     }
 
     /// Counts one GenerateClientCertificate outcome.
-    pub fn count_issue(&self, profile: &str, outcome: Result<(), Code>) {
+    /// `outcome` is the gRPC code name of a refusal (`INVALID_ARGUMENT`, …).
+    pub fn count_issue(&self, profile: &str, outcome: Result<(), &'static str>) {
         let profile = profile_label(profile);
         match outcome {
             Ok(()) => {
@@ -223,10 +217,7 @@ impl Metrics {
             }
             Err(code) => {
                 self.refused
-                    .get_or_create(&RefusedLabels {
-                        code: code_name(code),
-                        profile,
-                    })
+                    .get_or_create(&RefusedLabels { code, profile })
                     .inc();
             }
         }
@@ -260,9 +251,6 @@ pub fn profile_label(p: &str) -> &'static str {
     }
 }
 
-/// The canonical name of a gRPC code, as in the gRPC documentation.
-pub use crate::cli::client::code_name;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +260,7 @@ mod tests {
         let m = Metrics::new();
         m.count_issue("", Ok(()));
         m.count_issue("server", Ok(()));
-        m.count_issue("made-up", Err(Code::InvalidArgument));
+        m.count_issue("made-up", Err("INVALID_ARGUMENT"));
         m.sign_seconds.observe(0.002);
         let text = m.encode();
         assert!(

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use super::identity::Identity;
+use crate::peer::identity::Identity;
 
 /// Placeholders a pattern may hold.
 const PLACEHOLDERS: [&str; 3] = ["{uid}", "{user}", "{group}"];

@@ -5,34 +5,33 @@
 //! it, and the work on one request is serialised by its lock, so the worker,
 //! updates and watchers never see a request half-changed.
 
+mod change;
+mod create;
+mod issuing;
 pub mod spec;
 pub mod watch;
 mod worker;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use self::watch::{WatchHub, WatchRequest};
 use crate::{
     config::RequestsConfig,
-    crl::{CrlPublisher, unix_now},
-    issue::{IssueError, Issuer, certificate::BuildError, check_request_id, unix_us},
+    crl::CrlPublisher,
+    issue::{IssueError, Issuer, certificate::BuildError},
     keyed_locks::KeyedLocks,
     peer::Peer,
-    policy::{Authorizer, PolicyError, over_quota},
-    proto::{
-        CertificateRequest, CertificateRequestSpec, CertificateRequestStatus,
-        CreateCertificateRequestRequest, IssuedCertificate, certificate_request_status::State,
-    },
-    signing::{DigestSigner, SignError},
-    store::{RequestChange, RequestQuery, RequestRow, Revocation, Store, StoreError},
+    policy::{Authorizer, PolicyError},
+    proto::{CertificateRequest, certificate_request_status::State},
+    store::{RequestChange, RequestQuery, RequestRow, Store, StoreError},
+    time::unix_now,
 };
 
 /// Tag on the certificate records a request's certificates get, naming the
@@ -48,6 +47,9 @@ pub enum RequestError {
     /// The spec or CSR is wrong, as a one-shot issue would say.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// The policy refuses the caller this request.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("{0}")]
     Invalid(String),
     /// Unknown, deleted, or somebody else's.
@@ -65,11 +67,11 @@ fn invalid(msg: impl Into<String>) -> RequestError {
     RequestError::Invalid(msg.into())
 }
 
-pub struct Requests<S, St> {
+pub struct Requests {
     auth: Arc<Authorizer>,
-    issuer: Arc<Issuer<S>>,
-    store: Arc<St>,
-    crl: Arc<CrlPublisher<S, St>>,
+    issuer: Arc<Issuer>,
+    store: Arc<dyn Store>,
+    crl: Arc<CrlPublisher>,
     cfg: RequestsConfig,
     retention: Duration,
     /// notBefore is this far before the issue time.
@@ -84,26 +86,6 @@ pub struct Requests<S, St> {
     /// Requests whose last attempt failed on the store, and when to try
     /// them again (the store could not record the retry time itself).
     backoff: Mutex<HashMap<String, i64>>,
-}
-
-fn ts(secs: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs,
-        nanos: 0,
-    }
-}
-
-fn ts_of(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn decode(row: &RequestRow) -> Result<CertificateRequest, RequestError> {
@@ -130,16 +112,19 @@ fn names_text(names_key: &str) -> String {
 
 /// Whether the failure can pass by itself (the token or store was
 /// unavailable), so the work is retried rather than the request failed.
-fn passes(e: &IssueError) -> bool {
-    matches!(e, IssueError::Build(BuildError::Sign(SignError::Token(_))))
+fn passes(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::Issue(IssueError::Build(BuildError::Sign(_)))
+    )
 }
 
-impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
+impl Requests {
     pub fn new(
         auth: Arc<Authorizer>,
-        issuer: Arc<Issuer<S>>,
-        store: Arc<St>,
-        crl: Arc<CrlPublisher<S, St>>,
+        issuer: Arc<Issuer>,
+        store: Arc<dyn Store>,
+        crl: Arc<CrlPublisher>,
         cfg: RequestsConfig,
         retention: Duration,
         backdate: Duration,
@@ -160,7 +145,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         }
     }
 
-    pub async fn identify(&self, peer: &Peer) -> crate::policy::identity::Identity {
+    pub async fn identify(&self, peer: &Peer) -> crate::peer::identity::Identity {
         self.auth.identify(peer).await
     }
 
@@ -168,8 +153,8 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         &self.auth
     }
 
-    pub fn store(&self) -> &St {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The caller's request `id` (with `admin_too`, an administrator's:
@@ -205,133 +190,6 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
             }
             _ => Err(RequestError::NotFound(id.to_owned())),
         }
-    }
-
-    fn duplicate(&self, peer: Peer, existing: &RequestRow) -> RequestError {
-        let whose = if existing.owner_uid == peer.uid {
-            format!(" (request {})", existing.id)
-        } else {
-            String::new()
-        };
-        RequestError::AlreadyExists(format!(
-            "a live certificate request{whose} already has this key and these names: {}; \
-             update or delete it, or use a new key",
-            names_text(&existing.names_key)
-        ))
-    }
-
-    pub async fn create(
-        &self,
-        peer: Peer,
-        req: CreateCertificateRequestRequest,
-    ) -> Result<CertificateRequest, RequestError> {
-        let request_id = check_request_id(&req.request_id)?;
-        let given = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| invalid("spec is required"))?;
-        if given.rotate_keys {
-            return Err(invalid(
-                "spec.rotate_keys is set by RotateKeys on an existing request, not at creation",
-            ));
-        }
-        let who = self.auth.identify(&peer).await;
-        let policy = self.auth.current();
-        policy.require_known(&who).map_err(IssueError::from)?;
-        let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
-        let _one_at_a_time = if request_id.is_empty() {
-            None
-        } else {
-            Some(self.creates.lock((peer.uid, request_id.clone())).await)
-        };
-        if !request_id.is_empty() {
-            let since_us = unix_us(SystemTime::now() - self.retention);
-            if let Some(row) = self
-                .store
-                .request_by_request_id(peer.uid, &request_id, since_us)
-                .await?
-            {
-                if row.fingerprint != fingerprint {
-                    return Err(RequestError::AlreadyExists(format!(
-                        "request_id {request_id} was already used for a different request; use a new request_id"
-                    )));
-                }
-                // A retry: the request as it is now, whatever the rate.
-                return decode(&row);
-            }
-        }
-        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
-        policy.check_rate(&grant, &who).map_err(IssueError::from)?;
-        if grant.max_live.is_some() {
-            // Requests not yet issued for will each hold a certificate.
-            let pending = self
-                .store
-                .list_requests(RequestQuery {
-                    owner_uid: Some(peer.uid),
-                    state: Some(State::Pending as i32),
-                    after: None,
-                    limit: u32::try_from(grant.max_live.unwrap_or(0)).unwrap_or(u32::MAX),
-                })
-                .await?
-                .len() as u64;
-            let live = self.store.count_live(peer.uid, unix_now()).await? + pending;
-            if let Some(e) = over_quota(&who, &grant, live) {
-                return Err(IssueError::from(e).into());
-            }
-        }
-        if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {
-            return Err(self.duplicate(peer, &existing));
-        }
-        let now = SystemTime::now();
-        let resource = CertificateRequest {
-            // Time-ordered (UUIDv7): new rows append to the id index
-            // instead of landing on a random page of it.
-            id: uuid::Uuid::now_v7().to_string(),
-            generation: 1,
-            spec: Some(checked.spec),
-            status: Some(CertificateRequestStatus {
-                observed_generation: 0,
-                state: State::Pending as i32,
-                ..Default::default()
-            }),
-            create_time: Some(ts_of(now)),
-            update_time: Some(ts_of(now)),
-        };
-        let row = RequestRow {
-            id: resource.id.clone(),
-            owner_uid: peer.uid,
-            owner_gid: peer.gid,
-            request_id,
-            fingerprint,
-            dup_key: checked.dup_key,
-            names_key: checked.names_key,
-            state: State::Pending as i32,
-            due_at: Some(unix_now()),
-            create_time_us: unix_us(now),
-            resource: resource.encode_to_vec(),
-        };
-        match self.store.create_request(row.clone()).await {
-            Ok(()) => {}
-            Err(StoreError::Duplicate) => {
-                // Another Create with the same key and names won the race.
-                return Err(match self.store.request_by_dup_key(&row.dup_key).await? {
-                    Some(existing) => self.duplicate(peer, &existing),
-                    None => RequestError::AlreadyExists(
-                        "a certificate request with this key and names was created at the same time"
-                            .into(),
-                    ),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(
-            uid = peer.uid, gid = peer.gid, pid = peer.pid,
-            id = %resource.id,
-            names = %names_text(&row.names_key),
-            "created certificate request"
-        );
-        self.wake.notify_one();
-        Ok(resource)
     }
 
     pub async fn get(&self, peer: Peer, id: &str) -> Result<CertificateRequest, RequestError> {
@@ -415,13 +273,7 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         let id = row.id.clone();
         let found = self
             .store
-            .commit_request(RequestChange {
-                row,
-                issued: None,
-                revoke: Vec::new(),
-                revocation: None,
-                renewal_at: None,
-            })
+            .commit_request(RequestChange::row_only(row))
             .await?;
         if !found {
             return Err(RequestError::NotFound(id));
@@ -429,174 +281,6 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         self.hub.publish(r);
         if due_at.is_some_and(|d| d <= unix_now()) {
             self.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    pub async fn update(
-        &self,
-        peer: Peer,
-        id: &str,
-        given: Option<CertificateRequestSpec>,
-    ) -> Result<CertificateRequest, RequestError> {
-        let given = given.ok_or_else(|| invalid("spec is required: set the fields to change"))?;
-        if given.rotate_keys {
-            return Err(invalid(
-                "spec.rotate_keys is set by RotateKeys; an update with a new CSR clears it",
-            ));
-        }
-        let _locked = self.ids.lock(id.to_owned()).await;
-        let (mut row, mut r) = self.owned(peer, id).await?;
-        let old = r.spec.clone().unwrap_or_default();
-        let mut new = old.clone();
-        let csr_changed = !given.pem_csr.trim().is_empty() && given.pem_csr != old.pem_csr;
-        if csr_changed {
-            new.pem_csr = given.pem_csr;
-        }
-        if !given.profile.is_empty() {
-            new.profile = given.profile;
-        }
-        if given.cert_duration.is_some() {
-            new.cert_duration = given.cert_duration;
-        }
-        if given.auto_renew.is_some() {
-            new.auto_renew = given.auto_renew;
-        }
-        if !given.description.is_empty() {
-            new.description = given.description;
-        }
-        if !given.labels.is_empty() {
-            new.labels = given.labels;
-        }
-        if new == old {
-            return Ok(r);
-        }
-        let who = self.auth.identify(&peer).await;
-        let policy = self.auth.current();
-        let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who)?;
-        if csr_changed || state_of(&r) == State::Failed {
-            // This update signs again: it takes from the caller's rate.
-            policy.check_rate(&grant, &who).map_err(IssueError::from)?;
-        }
-        let mut new = checked.spec;
-        if csr_changed {
-            if old.rotate_keys {
-                let old_key = crate::issue::csr::parse_and_verify(&old.pem_csr)
-                    .ok()
-                    .and_then(|v| der::Encode::to_der(&v.csr.info.public_key).ok());
-                if old_key.as_deref() == Some(checked.spki.as_slice()) {
-                    return Err(invalid(
-                        "rotate_keys is set: the new CSR must carry a new key, not the one being rotated",
-                    ));
-                }
-            }
-            if checked.dup_key != row.dup_key
-                && let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await?
-            {
-                return Err(self.duplicate(peer, &existing));
-            }
-            new.rotate_keys = false;
-            row.dup_key = checked.dup_key;
-            row.names_key = checked.names_key;
-        }
-        let now = unix_now();
-        let was_failed = state_of(&r) == State::Failed;
-        let status = r.status.get_or_insert_default();
-        let up_to_date = status.observed_generation == r.generation;
-        r.generation += 1;
-        r.spec = Some(new);
-        r.update_time = Some(ts_of(SystemTime::now()));
-        if csr_changed || was_failed {
-            // A new key, or another try at what failed: issue again.
-            status.state = State::Pending as i32;
-            status.error.clear();
-        } else if up_to_date {
-            status.observed_generation = r.generation;
-        }
-        let due = self.due_at(&r, now);
-        let renamed = csr_changed;
-        match self.save(row, &r, due).await {
-            Err(RequestError::Store(StoreError::Duplicate)) if renamed => {
-                Err(RequestError::AlreadyExists(
-                    "a live certificate request already has this key and these names".into(),
-                ))
-            }
-            Err(e) => Err(e),
-            Ok(()) => {
-                tracing::info!(uid = peer.uid, id = %r.id, generation = r.generation, new_csr = csr_changed, "updated certificate request");
-                Ok(r)
-            }
-        }
-    }
-
-    pub async fn rotate_keys(
-        &self,
-        peer: Peer,
-        id: &str,
-    ) -> Result<CertificateRequest, RequestError> {
-        let _locked = self.ids.lock(id.to_owned()).await;
-        let (row, mut r) = self.visible(peer, id, true).await?;
-        if state_of(&r) == State::Failed {
-            return Err(RequestError::Precondition(format!(
-                "certificate request {id} has FAILED, so it has no certificate whose key could rotate; \
-                 update it with a new CSR instead"
-            )));
-        }
-        let spec = r.spec.get_or_insert_default();
-        if spec.rotate_keys {
-            return Ok(r);
-        }
-        spec.rotate_keys = true;
-        let status = r.status.get_or_insert_default();
-        let up_to_date = status.observed_generation == r.generation;
-        r.generation += 1;
-        if up_to_date {
-            status.observed_generation = r.generation;
-        }
-        r.update_time = Some(ts_of(SystemTime::now()));
-        let due = row.due_at;
-        self.save(row, &r, due).await?;
-        tracing::info!(uid = peer.uid, id = %r.id, "asked for key rotation");
-        Ok(r)
-    }
-
-    pub async fn delete(&self, peer: Peer, id: &str) -> Result<(), RequestError> {
-        let who = self.auth.identify(&peer).await;
-        if !self.auth.current().is_admin(&who) {
-            return Err(IssueError::from(PolicyError::Denied(format!(
-                "deleting a certificate request is for administrators, and {} is not one",
-                who.describe()
-            )))
-            .into());
-        }
-        let _locked = self.ids.lock(id.to_owned()).await;
-        let (_, r) = self.visible(peer, id, true).await?;
-        let serials: Vec<String> = r
-            .status
-            .as_ref()
-            .map(|s| {
-                s.certificates
-                    .iter()
-                    .map(|c| c.serial_number.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let rev = Revocation {
-            time: unix_now(),
-            reason: CESSATION_OF_OPERATION,
-        };
-        if !self.store.delete_request(id, serials.clone(), rev).await? {
-            return Err(RequestError::NotFound(id.to_owned()));
-        }
-        self.hub.close(id);
-        tracing::info!(
-            uid = peer.uid,
-            id,
-            revoked = serials.len(),
-            "deleted certificate request"
-        );
-        if !serials.is_empty() {
-            self.publish_crl().await;
         }
         Ok(())
     }
@@ -618,217 +302,5 @@ impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
         if let Err(e) = self.crl.publish().await {
             tracing::warn!(error = %e, "CRL publication after a revocation failed");
         }
-    }
-
-    /// Does whatever is due on request `id`: the first issue, a re-issue
-    /// after a new CSR, or a renewal.
-    async fn process(&self, id: &str) -> Result<(), RequestError> {
-        let _locked = self.ids.lock(id.to_owned()).await;
-        let Some(mut row) = self.store.get_request(id).await? else {
-            return Ok(());
-        };
-        let now = unix_now();
-        if row.due_at.is_none_or(|d| d > now) {
-            return Ok(());
-        }
-        let mut r = decode(&row)?;
-        let renewal = match state_of(&r) {
-            State::Pending => false,
-            State::Finished if auto_renew(&r) => true,
-            _ => {
-                let due = self.due_at(&r, now);
-                row.state = state_of(&r) as i32;
-                row.due_at = due;
-                self.store
-                    .commit_request(RequestChange {
-                        row,
-                        issued: None,
-                        revoke: Vec::new(),
-                        revocation: None,
-                        renewal_at: None,
-                    })
-                    .await?;
-                return Ok(());
-            }
-        };
-        if renewal && let Some(retry) = self.renewal_deferred(&row, now).await? {
-            let limit = self.cfg.renewal_limit;
-            let window = humantime::format_duration(self.cfg.renewal_window);
-            let error = format!(
-                "renewal deferred: {} already had {limit} renewals in the last {window} \
-                 (requests.renewal_limit); next attempt at {}",
-                names_text(&row.names_key),
-                rfc3339(retry)
-            );
-            tracing::warn!(id, names = %names_text(&row.names_key), retry = %rfc3339(retry), "renewal deferred by the rate limit");
-            let status = r.status.get_or_insert_default();
-            if status.error != error {
-                status.error = error;
-                r.update_time = Some(ts_of(SystemTime::now()));
-            }
-            return self.save(row, &r, Some(retry)).await;
-        }
-
-        let spec = r.spec.clone().unwrap_or_default();
-        // The policy in force now decides, for the owner as the user
-        // database knows it now.
-        let who = self
-            .auth
-            .identify(&Peer {
-                uid: row.owner_uid,
-                gid: row.owner_gid,
-                pid: None,
-            })
-            .await;
-        let policy = self.auth.current();
-        let outcome = match self
-            .issuer
-            .check_authorized(spec::issue_request(&spec), &policy, &who)
-        {
-            Ok((checked, _)) => self.issuer.sign(checked).await,
-            Err(e) => Err(e),
-        };
-        let mut issued = match outcome {
-            Ok(issued) => issued,
-            Err(e) if passes(&e) => {
-                let retry = now + self.cfg.retry_after.as_secs() as i64;
-                tracing::warn!(id, error = %e, "issuing for a certificate request failed; will retry");
-                let status = r.status.get_or_insert_default();
-                status.error = format!(
-                    "the HSM could not sign just now; retrying at {}",
-                    rfc3339(retry)
-                );
-                r.update_time = Some(ts_of(SystemTime::now()));
-                return self.save(row, &r, Some(retry)).await;
-            }
-            Err(e) => {
-                tracing::warn!(id, error = %e, "certificate request failed");
-                let mut entry = crate::audit::AuditEntry::by(
-                    Some(&who),
-                    if renewal {
-                        "renewal"
-                    } else {
-                        "certificate request"
-                    },
-                );
-                entry.profile = spec.profile.clone();
-                entry.names = row.names_key.split('\n').map(str::to_owned).collect();
-                entry.outcome = format!("refused: {e}");
-                self.store.audit(entry).await?;
-                let status = r.status.get_or_insert_default();
-                status.state = State::Failed as i32;
-                status.error = format!("{e}; update the request to fix this");
-                status.observed_generation = r.generation;
-                r.update_time = Some(ts_of(SystemTime::now()));
-                return self.save(row, &r, None).await;
-            }
-        };
-
-        issued.tags = BTreeMap::from([(REQUEST_TAG.to_owned(), id.to_owned())]);
-        // The token has signed: that is on the record before anything else.
-        self.store
-            .audit(issued.audit_entry(
-                Some(&who),
-                if renewal {
-                    "renewal"
-                } else {
-                    "certificate request"
-                },
-            ))
-            .await?;
-        let owner = Peer {
-            uid: row.owner_uid,
-            gid: row.owner_gid,
-            pid: None,
-        };
-        let record = issued.to_record(&owner, String::new());
-        let status = r.status.get_or_insert_default();
-        let reissue = status.state() == State::Pending;
-        // A new CSR replaces every earlier certificate; expired ones leave.
-        let revoke: Vec<String> = if reissue {
-            status
-                .certificates
-                .drain(..)
-                .map(|c| c.serial_number)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        status
-            .certificates
-            .retain(|c| c.expire_time.as_ref().is_none_or(|t| t.seconds > now));
-        status.certificates.push(IssuedCertificate {
-            pem_certificate: record.pem.clone(),
-            serial_number: record.serial.clone(),
-            not_before: Some(ts(record.not_before)),
-            expire_time: Some(ts(record.expire_time)),
-        });
-        status.signed_certificate = record.pem.clone();
-        status.signing_root_ca = self.issuer.ca().root_pem.clone();
-        status.state = State::Finished as i32;
-        status.error.clear();
-        status.observed_generation = r.generation;
-        r.update_time = Some(ts_of(SystemTime::now()));
-        let issued_at = issued
-            .create_time
-            .duration_since(UNIX_EPOCH)
-            .map_or(now, |d| d.as_secs() as i64);
-        row.state = State::Finished as i32;
-        row.due_at = auto_renew(&r).then(|| self.renew_point(issued_at, record.expire_time));
-        row.resource = r.encode_to_vec();
-        let serial = record.serial.clone();
-        let revoked = revoke.len();
-        let found = self
-            .store
-            .commit_request(RequestChange {
-                row,
-                issued: Some(record),
-                revoke,
-                revocation: (revoked > 0).then_some(Revocation {
-                    time: now,
-                    reason: SUPERSEDED,
-                }),
-                // Re-issues count towards the names' limit too, so that
-                // alternating CSRs cannot sign without bound.
-                renewal_at: (renewal || revoked > 0).then_some(now),
-            })
-            .await?;
-        if !found {
-            return Ok(());
-        }
-        tracing::info!(
-            id,
-            serial = %serial,
-            generation = r.generation,
-            renewal,
-            revoked,
-            "issued for certificate request"
-        );
-        self.hub.publish(&r);
-        if revoked > 0 {
-            self.publish_crl().await;
-        }
-        Ok(())
-    }
-
-    /// `Some(when to try again)` if the names of `row` are at their renewal
-    /// limit.
-    async fn renewal_deferred(
-        &self,
-        row: &RequestRow,
-        now: i64,
-    ) -> Result<Option<i64>, RequestError> {
-        let window = self.cfg.renewal_window.as_secs().max(1) as i64;
-        let limit = self.cfg.renewal_limit as usize;
-        let times = self
-            .store
-            .renewals_since(&row.names_key, now - window + 1)
-            .await?;
-        if times.len() < limit {
-            return Ok(None);
-        }
-        // The renewal that has to leave the window before another fits.
-        let oldest = times[times.len() - limit];
-        Ok(Some((oldest + window).max(now + 1)))
     }
 }

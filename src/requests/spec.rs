@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use der::Encode;
 use sha2::{Digest, Sha256};
 
+use super::RequestError;
 use crate::{
-    issue::{IssueError, Issuer, check_tags},
-    names::Names,
-    policy::{Grant, Policy, identity::Identity},
-    proto::{CertificateRequestSpec, GenerateClientCertificateRequest},
-    signing::DigestSigner,
+    issue::{Decided, IssueError, IssueRequest, Issuer, RequestedLifetime, check_tags},
+    names::{Names, names_key},
+    peer::identity::Identity,
+    policy::{Grant, Policy},
+    proto::CertificateRequestSpec,
 };
 
 /// A spec that passed every check, with its derived keys.
@@ -28,28 +29,46 @@ pub struct CheckedSpec {
 }
 
 /// The one-shot request that issues a certificate for `spec`.
-pub fn issue_request(spec: &CertificateRequestSpec) -> GenerateClientCertificateRequest {
-    GenerateClientCertificateRequest {
+pub fn issue_request(spec: &CertificateRequestSpec) -> IssueRequest {
+    IssueRequest {
         pem_csr: spec.pem_csr.clone(),
         profile: spec.profile.clone(),
-        cert_duration: spec.cert_duration,
+        lifetime: spec.cert_duration.map(|d| RequestedLifetime {
+            seconds: d.seconds,
+            nanos: d.nanos,
+        }),
         description: spec.description.clone(),
         ..Default::default()
     }
 }
 
-/// Checks `spec` as the issuer would check a one-shot request from it under
-/// `policy` for `who`, and its labels as tags.
-pub fn check<S: DigestSigner>(
-    issuer: &Issuer<S>,
+/// What a one-shot issue for `spec` would decide for `who` under `policy`:
+/// check, authorize, decide, in the same order as the service's.
+pub fn decide(
+    issuer: &Issuer,
     spec: &CertificateRequestSpec,
     policy: &Policy,
     who: &Identity,
-) -> Result<(CheckedSpec, Grant), IssueError> {
+) -> Result<(Decided, Grant), RequestError> {
+    let checked = issuer.check(issue_request(spec))?;
+    let grant = policy.authorize(who, checked.profile(), &checked.raw_names())?;
+    let decided = issuer.decide(checked, grant.limits())?;
+    Ok((decided, grant))
+}
+
+/// Checks `spec` as the issuer would check a one-shot request from it under
+/// `policy` for `who`, and its labels as tags.
+pub fn check(
+    issuer: &Issuer,
+    spec: &CertificateRequestSpec,
+    policy: &Policy,
+    who: &Identity,
+) -> Result<(CheckedSpec, Grant), RequestError> {
     if spec.pem_csr.trim().is_empty() {
         return Err(IssueError::Invalid(
             "spec.pem_csr is required: a certificate request carries a PKCS#10 CSR".into(),
-        ));
+        )
+        .into());
     }
     let labels: BTreeMap<String, String> = spec
         .labels
@@ -57,7 +76,7 @@ pub fn check<S: DigestSigner>(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     check_tags(&labels).map_err(|e| IssueError::Invalid(format!("labels: {e}")))?;
-    let (checked, grant) = issuer.check_authorized(issue_request(spec), policy, who)?;
+    let (checked, grant) = decide(issuer, spec, policy, who)?;
     let spki = checked
         .spec
         .spki
@@ -82,58 +101,4 @@ pub fn check<S: DigestSigner>(
         },
         grant,
     ))
-}
-
-/// Every name as `TYPE:value`, in a fixed order: the same set of names
-/// always gives the same text, however the CSR ordered them.
-pub fn name_list(names: &Names) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    if let Some(cn) = &names.common_name {
-        out.push(format!("CN:{cn}"));
-    }
-    let mut sans: Vec<String> = names
-        .dns
-        .iter()
-        .map(|d| format!("DNS:{d}"))
-        .chain(names.uris.iter().map(|u| format!("URI:{u}")))
-        .chain(names.ips.iter().map(|i| format!("IP:{i}")))
-        .collect();
-    sans.sort();
-    sans.dedup();
-    out.extend(sans);
-    out
-}
-
-pub fn names_key(names: &Names) -> String {
-    name_list(names).join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_key_ignores_order() {
-        let a = Names::parse(
-            "svc",
-            &["b.example".into(), "a.example".into()],
-            &[],
-            &["10.0.0.1".into()],
-        )
-        .unwrap();
-        let b = Names::parse(
-            "svc",
-            &["a.example".into(), "b.example".into()],
-            &[],
-            &["10.0.0.1".into()],
-        )
-        .unwrap();
-        assert_eq!(names_key(&a), names_key(&b));
-        assert_eq!(
-            name_list(&a),
-            ["CN:svc", "DNS:a.example", "DNS:b.example", "IP:10.0.0.1"]
-        );
-        let c = Names::parse("svc", &["a.example".into()], &[], &[]).unwrap();
-        assert_ne!(names_key(&a), names_key(&c));
-    }
 }

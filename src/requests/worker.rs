@@ -12,14 +12,14 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use super::Requests;
-use crate::{crl::unix_now, signing::DigestSigner, store::Store};
+use crate::time::unix_now;
 
 /// Due requests fetched per look at the store.
 const BATCH: u32 = 256;
 /// Longest sleep between looks, in case a wake-up is missed.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
-impl<S: DigestSigner + 'static, St: Store> Requests<S, St> {
+impl Requests {
     /// Runs until aborted; aborting it also aborts the work in progress
     /// (nothing is lost: a certificate is only handed out once committed).
     pub async fn run_worker(self: Arc<Self>) {

@@ -44,36 +44,13 @@ use tonic::{
     transport::server::{Connected, UdsConnectInfo},
 };
 
-use super::authority::AuthorityFix;
+use super::http2_authority::AuthorityFix;
 use crate::metrics::metrics;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4) is 24 bytes.
 const PREFACE_LEN: usize = 24;
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_concurrent_streams: u32,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub request_timeout: Duration,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            max_concurrent_streams: 256,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(30),
-            keepalive_interval: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(20),
-        }
-    }
-}
+pub use crate::config::Limits;
 
 /// One connection's requests in progress, shared by its socket wrapper and
 /// the requests' guards.

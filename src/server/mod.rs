@@ -2,27 +2,24 @@
 //! bound listener and a shutdown future, so tests and socket activation can
 //! hand it their own.
 
-pub mod authority;
 pub mod bounds;
+pub mod errors;
 pub mod health;
+pub mod http2_authority;
 pub mod inflight;
-pub mod records;
+pub mod replies;
 pub mod requests;
 pub mod service;
 pub mod socket;
-pub mod status;
 
 use std::future::Future;
 
 use tokio::net::UnixListener;
 use tonic::transport::Server;
 
-use crate::{
-    proto::{
-        FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer,
-        certificate_requests_server::CertificateRequestsServer,
-    },
-    signing::DigestSigner,
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, certificate_authority_server::CertificateAuthorityServer,
+    certificate_requests_server::CertificateRequestsServer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,24 +34,22 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// Counts requests being served; shutdown waits on it.
     pub in_flight: inflight::InFlight,
-    /// The signer's token state; health follows it when given.
-    pub token_state: Option<tokio::sync::watch::Receiver<crate::token::pool::TokenState>>,
+    /// The signer's readiness; health follows it when given.
+    pub readiness: Option<tokio::sync::watch::Receiver<crate::signing::Readiness>>,
     /// Connections, streams, deadlines: see [`bounds`].
     pub limits: bounds::Limits,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish, and returns.
-pub async fn run<S, St, F>(
-    service: service::CaService<S, St>,
-    requests: requests::RequestsService<S, St>,
+pub async fn run<F>(
+    service: service::CaService,
+    requests: requests::RequestsService,
     listener: UnixListener,
     opts: ServeOptions,
     shutdown: F,
 ) -> Result<(), ServeError>
 where
-    S: DigestSigner + 'static,
-    St: crate::store::Store,
     F: Future<Output = ()> + Send,
 {
     let limit = opts.max_request_bytes;
@@ -62,19 +57,19 @@ where
     let requests = CertificateRequestsServer::new(requests).max_decoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<CertificateAuthorityServer<service::CaService<S, St>>>()
+        .set_serving::<CertificateAuthorityServer<service::CaService>>()
         .await;
     health
-        .set_serving::<CertificateRequestsServer<requests::RequestsService<S, St>>>()
+        .set_serving::<CertificateRequestsServer<requests::RequestsService>>()
         .await;
-    let follower = opts.token_state.map(|state| {
+    let follower = opts.readiness.map(|state| {
         use tonic::server::NamedService;
-        tokio::spawn(health::follow_token(
+        tokio::spawn(health::follow_signer(
             health.clone(),
             state,
             vec![
-                CertificateAuthorityServer::<service::CaService<S, St>>::NAME,
-                CertificateRequestsServer::<requests::RequestsService<S, St>>::NAME,
+                CertificateAuthorityServer::<service::CaService>::NAME,
+                CertificateRequestsServer::<requests::RequestsService>::NAME,
             ],
         ))
     });
@@ -103,7 +98,7 @@ where
         }))
         .layer(bounds::BoundsLayer::new(limits.request_timeout))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
-            status::rewrite_oversize(resp, limit)
+            errors::rewrite_oversize(resp, limit)
         }))
         .add_service(ca)
         .add_service(requests)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{records, service::peer};
+use super::{replies, service::peer};
 use crate::{
     proto::{
         CertificateRequest, CreateCertificateRequestRequest, DeleteCertificateRequestRequest,
@@ -15,16 +15,14 @@ use crate::{
         certificate_requests_server::CertificateRequests,
     },
     requests::{Requests, watch::WatchRequest},
-    signing::DigestSigner,
-    store::Store,
 };
 
-pub struct RequestsService<S, St> {
-    requests: Arc<Requests<S, St>>,
+pub struct RequestsService {
+    requests: Arc<Requests>,
 }
 
-impl<S, St> RequestsService<S, St> {
-    pub fn new(requests: Arc<Requests<S, St>>) -> Self {
+impl RequestsService {
+    pub fn new(requests: Arc<Requests>) -> Self {
         Self { requests }
     }
 }
@@ -36,7 +34,7 @@ type Filter = (Option<State>, Vec<(String, String)>);
 pub fn parse_filter(s: &str) -> Result<Filter, String> {
     let mut state = None;
     let mut labels = Vec::new();
-    for (word, value) in records::parse_terms(s, "state=FINISHED or label:KEY=VALUE")? {
+    for (word, value) in replies::parse_terms(s, "state=FINISHED or label:KEY=VALUE")? {
         if word == "state" {
             if state.is_some() {
                 return Err("filter names state twice".into());
@@ -64,7 +62,7 @@ pub fn parse_filter(s: &str) -> Result<Filter, String> {
 }
 
 #[tonic::async_trait]
-impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsService<S, St> {
+impl CertificateRequests for RequestsService {
     async fn create_certificate_request(
         &self,
         req: Request<CreateCertificateRequestRequest>,
@@ -118,14 +116,14 @@ impl<S: DigestSigner + 'static, St: Store> CertificateRequests for RequestsServi
     ) -> Result<Response<ListCertificateRequestsResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let (limit, after) = records::page(req.page_size, &req.page_token)?;
+        let (limit, after) = replies::page(req.page_size, &req.page_token)?;
         let (state, labels) = parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let (page, more) = self
             .requests
             .list(peer, state, &labels, after, limit)
             .await?;
         let next_page_token = match (more, page.last()) {
-            (true, Some((t, r))) => records::encode_page_token(*t, &r.id),
+            (true, Some((t, r))) => replies::encode_page_token(*t, &r.id),
             _ => String::new(),
         };
         Ok(Response::new(ListCertificateRequestsResponse {

@@ -11,12 +11,17 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::{bounds::ConnInfo, records};
+use super::{bounds::ConnInfo, replies};
 pub use crate::peer::Peer;
 use crate::{
-    crl::{CrlPublisher, reason_code, unix_now},
-    issue::{Issuer, check_description, check_request_id, check_tags, unix_us},
+    audit::AuditEntry,
+    crl::CrlPublisher,
+    issue::{
+        IssueRequest, Issued, Issuer, RequestedLifetime, check_description, check_request_id,
+        check_tags,
+    },
     keyed_locks::KeyedLocks,
+    peer::identity::Identity,
     policy::{Authorizer, over_quota},
     proto::{
         ClientCertificate, DeleteClientCertificateRequest, GenerateClientCertificateRequest,
@@ -25,8 +30,9 @@ use crate::{
         ListClientCertificatesResponse, UpdateClientCertificateRequest,
         certificate_authority_server::CertificateAuthority,
     },
-    signing::DigestSigner,
+    revocation::reason_code,
     store::{ListQuery, Record, Revocation, Store, StoreError},
+    time::{unix_now, unix_us},
 };
 
 pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
@@ -45,10 +51,10 @@ pub fn peer<T>(req: &Request<T>) -> Result<Peer, Status> {
         })
 }
 
-pub struct CaService<S, St> {
-    issuer: Arc<Issuer<S>>,
-    store: Arc<St>,
-    crl: Arc<CrlPublisher<S, St>>,
+pub struct CaService {
+    issuer: Arc<Issuer>,
+    store: Arc<dyn Store>,
+    crl: Arc<CrlPublisher>,
     retention: Duration,
     auth: Arc<Authorizer>,
     /// Serialises requests that share one (caller, request_id), so two
@@ -56,11 +62,11 @@ pub struct CaService<S, St> {
     locks: KeyedLocks<(u32, String)>,
 }
 
-impl<S, St> CaService<S, St> {
+impl CaService {
     pub fn new(
-        issuer: Arc<Issuer<S>>,
-        store: Arc<St>,
-        crl: Arc<CrlPublisher<S, St>>,
+        issuer: Arc<Issuer>,
+        store: Arc<dyn Store>,
+        crl: Arc<CrlPublisher>,
         retention: Duration,
         auth: Arc<Authorizer>,
     ) -> Self {
@@ -88,13 +94,33 @@ fn request_names(req: &GenerateClientCertificateRequest) -> Vec<String> {
     names
 }
 
+/// The wire request in the issuer's terms.
+pub fn issue_request(req: GenerateClientCertificateRequest) -> IssueRequest {
+    IssueRequest {
+        profile: req.profile,
+        public_key: req.public_key,
+        pem_csr: req.pem_csr,
+        common_name: req.common_name,
+        dns_names: req.dns_names,
+        uri_sans: req.uri_sans,
+        ip_addresses: req.ip_addresses,
+        lifetime: req.cert_duration.map(|d| RequestedLifetime {
+            seconds: d.seconds,
+            nanos: d.nanos,
+        }),
+        description: req.description,
+        tags: req.tags,
+        request_id: req.request_id,
+    }
+}
+
 /// Records a refused request in the audit log (best effort: a refusal is
 /// never turned into a different error by a store that is down, and a
 /// caller refused many times a second gets a few records and a count).
-pub async fn audit_refusal<St: Store>(
-    store: &St,
+pub async fn audit_refusal(
+    store: &dyn Store,
     auth: &Authorizer,
-    who: &crate::policy::identity::Identity,
+    who: &Identity,
     operation: &str,
     profile: &str,
     names: Vec<String>,
@@ -103,7 +129,7 @@ pub async fn audit_refusal<St: Store>(
     let Some(skipped) = auth.audit_refusal_of(who.uid) else {
         return;
     };
-    let mut e = crate::audit::AuditEntry::by(Some(who), operation);
+    let mut e = AuditEntry::by(Some(who), operation);
     e.profile = profile.chars().take(64).collect();
     e.names = names
         .into_iter()
@@ -112,7 +138,7 @@ pub async fn audit_refusal<St: Store>(
     let message: String = status.message().chars().take(500).collect();
     e.outcome = format!(
         "refused: {}: {message}",
-        crate::cli::client::code_name(status.code())
+        super::errors::code_name(status.code())
     );
     if skipped > 0 {
         e.outcome.push_str(&format!(
@@ -128,7 +154,7 @@ fn not_found(id: &str) -> Status {
     Status::not_found(format!("no certificate {id:?}"))
 }
 
-impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
+impl CaService {
     /// The caller's record `id` (an administrator's: anyone's); another
     /// caller's record is NOT_FOUND too, so ids cannot be probed.
     async fn owned(&self, peer: Peer, id: &str) -> Result<Record, Status> {
@@ -163,12 +189,14 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
                 )));
             }
             tracing::info!(uid = peer.uid, request_id = %request_id, id = %rec.id, "replayed reply");
-            return records::replayed(&rec, self.issuer.ca())
+            return replies::replayed(&rec, self.issuer.ca())
                 .ok_or_else(|| Status::internal("the stored reply could not be read"));
         }
         self.issue_and_record(peer, req, fingerprint).await
     }
 
+    /// The request path: check → authorize → build and sign → record →
+    /// reply. The certificate leaves only once its record is durable.
     async fn issue_and_record(
         &self,
         peer: Peer,
@@ -177,7 +205,9 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
     ) -> Result<ClientCertificate, Status> {
         let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
-        let (checked, grant) = self.issuer.check_authorized(req, &policy, &who)?;
+        let checked = self.issuer.check(issue_request(req))?;
+        let grant = policy.authorize(&who, checked.profile(), &checked.raw_names())?;
+        let decided = self.issuer.decide(checked, grant.limits())?;
         policy.check_rate(&grant, &who)?;
         let _reserved = self.auth.reserve(peer.uid);
         if grant.max_live.is_some() {
@@ -189,15 +219,39 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
         }
         // Held until the record is committed (or the request fails).
         let _announced = self.store.announce_insert();
-        let issued = self.issuer.sign(checked).await?;
-        let audit = issued.audit_entry(Some(&who), "GenerateClientCertificate");
-        let mut record = issued.to_record(&peer, fingerprint);
+        let issued = self.issuer.sign(decided).await?;
+        let reply = self.record(&issued, &peer, &who, fingerprint).await?;
+        tracing::info!(
+            uid = peer.uid, gid = peer.gid, pid = peer.pid,
+            user = who.user.as_deref().unwrap_or("-"),
+            exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
+            rule = %grant.rule,
+            id = %issued.certificate_id,
+            serial = %issued.serial_hex,
+            subject = %issued.subject,
+            profile = issued.profile.name(),
+            "issued certificate"
+        );
+        Ok(reply)
+    }
+
+    /// Commits the record of `issued` with its audit entry and returns the
+    /// reply it is to be handed out in.
+    async fn record(
+        &self,
+        issued: &Issued,
+        peer: &Peer,
+        who: &Identity,
+        fingerprint: String,
+    ) -> Result<ClientCertificate, Status> {
+        let audit = AuditEntry::issued(issued, Some(who), "GenerateClientCertificate");
+        let mut record = Record::issued(issued, peer, fingerprint);
         // The reply is the record as Get would show it; a request with a
         // request_id keeps it for replays (tags and description may change
         // later, the replay must not).
-        let reply = records::to_reply(&record, self.issuer.ca(), unix_now());
+        let reply = replies::to_reply(&record, self.issuer.ca(), unix_now());
         if !record.request_id.is_empty() {
-            record.reply = records::stored_reply(&reply);
+            record.reply = replies::stored_reply(&reply);
         }
         match self
             .store
@@ -213,23 +267,12 @@ impl<S: DigestSigner + 'static, St: Store> CaService<S, St> {
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(
-            uid = peer.uid, gid = peer.gid, pid = peer.pid,
-            user = who.user.as_deref().unwrap_or("-"),
-            exe = %who.exe.as_deref().map_or_else(|| "-".into(), |e| e.display().to_string()),
-            rule = %grant.rule,
-            id = %issued.certificate_id,
-            serial = %issued.serial_hex,
-            subject = %issued.subject,
-            profile = issued.profile.name(),
-            "issued certificate"
-        );
         Ok(reply)
     }
 }
 
 #[tonic::async_trait]
-impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S, St> {
+impl CertificateAuthority for CaService {
     async fn generate_client_certificate(
         &self,
         req: Request<GenerateClientCertificateRequest>,
@@ -244,7 +287,8 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
                 Ok(Response::new(r))
             }
             Err(status) => {
-                crate::metrics::metrics().count_issue(&profile, Err(status.code()));
+                crate::metrics::metrics()
+                    .count_issue(&profile, Err(super::errors::code_name(status.code())));
                 let who = self.auth.identify(&peer).await;
                 audit_refusal(
                     self.store.as_ref(),
@@ -288,7 +332,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
     ) -> Result<Response<ClientCertificate>, Status> {
         let peer = peer(&req)?;
         let rec = self.owned(peer, &req.get_ref().certificate_id).await?;
-        Ok(Response::new(records::to_reply(
+        Ok(Response::new(replies::to_reply(
             &rec,
             self.issuer.ca(),
             unix_now(),
@@ -301,8 +345,8 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
     ) -> Result<Response<ListClientCertificatesResponse>, Status> {
         let peer = peer(&req)?;
         let req = req.into_inner();
-        let (limit, after) = records::page(req.page_size, &req.page_token)?;
-        let filter = records::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
+        let (limit, after) = replies::page(req.page_size, &req.page_token)?;
+        let filter = replies::parse_filter(&req.filter).map_err(Status::invalid_argument)?;
         let now = unix_now();
         let owner_uid = (!self.auth.is_admin(&peer).await).then_some(peer.uid);
         let mut recs = self
@@ -319,14 +363,14 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
         let next_page_token = if recs.len() > limit as usize {
             recs.truncate(limit as usize);
             recs.last()
-                .map(|r| records::encode_page_token(r.create_time_us, &r.id))
+                .map(|r| replies::encode_page_token(r.create_time_us, &r.id))
                 .unwrap_or_default()
         } else {
             String::new()
         };
         let ca = self.issuer.ca();
         Ok(Response::new(ListClientCertificatesResponse {
-            client_certificates: recs.iter().map(|r| records::to_reply(r, ca, now)).collect(),
+            client_certificates: recs.iter().map(|r| replies::to_reply(r, ca, now)).collect(),
             next_page_token,
         }))
     }
@@ -380,7 +424,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
             .update_metadata(&req.certificate_id, req.description, req.tags)
             .await?
             .ok_or_else(|| not_found(&req.certificate_id))?;
-        Ok(Response::new(records::to_reply(
+        Ok(Response::new(replies::to_reply(
             &rec,
             self.issuer.ca(),
             unix_now(),
@@ -397,11 +441,7 @@ impl<S: DigestSigner + 'static, St: Store> CertificateAuthority for CaService<S,
             Status::invalid_argument(format!(
                 "reason {:?} is unknown; use one of: {}",
                 req.reason,
-                crate::crl::REASONS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::revocation::reason_names()
             ))
         })?;
         let rec = self.owned(peer, &req.certificate_id).await?;

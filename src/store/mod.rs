@@ -2,15 +2,21 @@
 //! exact reply it was handed out in, is committed before the reply leaves;
 //! the request_id index makes retries safe; revocations feed the CRL.
 //!
-//! [`Store`] is the seam for storage engines; [`sql::SqlStore`] is the
+//! [`Store`] is the seam for storage engines; [`sqlite::SqliteStore`] is the
 //! embedded SQLite store.
 
-pub mod schema;
-pub mod sql;
+pub mod sqlite;
 
-use std::{collections::BTreeMap, future::Future};
+use std::collections::BTreeMap;
 
-use crate::audit::{AuditEntry, AuditRow};
+use async_trait::async_trait;
+
+use crate::{
+    audit::{AuditEntry, AuditRow},
+    issue::Issued,
+    peer::Peer,
+    time::{unix_secs, unix_us},
+};
 
 /// A certificate record. Times are Unix seconds, except `create_time_us`
 /// (microseconds: the listing order).
@@ -56,6 +62,36 @@ pub struct Record {
     pub pem: String,
     /// The encoded `ClientCertificate` reply, replayed byte for byte.
     pub reply: Vec<u8>,
+}
+
+impl Record {
+    /// The record of a certificate just issued, owned by `owner`.
+    /// `fingerprint` tells a request_id retry from a different request ("" without
+    /// request_id). The reply is filled in by the caller when it keeps one.
+    pub fn issued(issued: &Issued, owner: &Peer, fingerprint: String) -> Self {
+        Self {
+            id: issued.certificate_id.clone(),
+            serial: issued.serial_hex.clone(),
+            owner_uid: owner.uid,
+            owner_gid: owner.gid,
+            owner_pid: owner.pid.map_or(-1, i64::from),
+            subject: issued.subject.clone(),
+            dns_names: issued.names.dns.clone(),
+            uri_sans: issued.names.uris.clone(),
+            ip_addresses: issued.names.ips.iter().map(|ip| ip.to_string()).collect(),
+            profile: issued.profile.name().to_owned(),
+            not_before: unix_secs(issued.not_before),
+            expire_time: unix_secs(issued.not_after),
+            create_time_us: unix_us(issued.create_time),
+            request_id: issued.request_id.clone(),
+            fingerprint,
+            description: issued.description.clone(),
+            tags: issued.tags.clone(),
+            revoked: None,
+            pem: issued.pem_certificate.clone(),
+            reply: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +159,19 @@ pub struct RequestChange {
     pub renewal_at: Option<i64>,
 }
 
+impl RequestChange {
+    /// A change of the request row alone: nothing issued or revoked.
+    pub fn row_only(row: RequestRow) -> Self {
+        Self {
+            row,
+            issued: None,
+            revoke: Vec::new(),
+            revocation: None,
+            renewal_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RequestQuery {
     /// Only this owner's requests; `None` lists everyone's (admins).
@@ -166,10 +215,12 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-pub trait Store: Send + Sync + 'static {
+/// Certificate records: the request path's writes and reads.
+#[async_trait]
+pub trait CertificateStore: Send + Sync {
     /// Commits `record` durably; concurrent inserts may share one commit.
-    fn insert(&self, record: Record) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.insert_audited(record, None)
+    async fn insert(&self, record: Record) -> Result<(), StoreError> {
+        self.insert_audited(record, None).await
     }
     /// Says that a certificate record is on its way (its certificate is
     /// being signed); the guard withdraws the notice when dropped. The group
@@ -179,114 +230,94 @@ pub trait Store: Send + Sync + 'static {
         Announced(None)
     }
     /// Commits `record` and its audit entry in one transaction.
-    fn insert_audited(
+    async fn insert_audited(
         &self,
         record: Record,
         audit: Option<AuditEntry>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Appends to the audit log (durably, before returning).
-    fn audit(&self, entry: AuditEntry) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Audit records after `after_seq`, in order.
-    fn audit_log(
-        &self,
-        after_seq: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<AuditRow>, StoreError>> + Send;
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+    ) -> Result<(), StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError>;
     /// The record of `owner_uid`'s `request_id` created at or after `since_us`.
-    fn by_request_id(
+    async fn by_request_id(
         &self,
         owner_uid: u32,
         request_id: &str,
         since_us: i64,
-    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+    ) -> Result<Option<Record>, StoreError>;
     /// Frees request ids older than `before_us`, so they may be used again.
-    fn expire_request_ids(
-        &self,
-        before_us: i64,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    async fn expire_request_ids(&self, before_us: i64) -> Result<u64, StoreError>;
     /// Unrevoked certificates of `owner_uid` that have not expired by `now`.
-    fn count_live(
-        &self,
-        owner_uid: u32,
-        now: i64,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    fn list(&self, q: ListQuery) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send;
+    async fn count_live(&self, owner_uid: u32, now: i64) -> Result<u64, StoreError>;
+    async fn list(&self, q: ListQuery) -> Result<Vec<Record>, StoreError>;
     /// Sets the description (when `Some`) and merges `tags` (an empty value
     /// removes the key). Returns the updated record, `None` if unknown.
-    fn update_metadata(
+    async fn update_metadata(
         &self,
         id: &str,
         description: Option<String>,
         tags: BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+    ) -> Result<Option<Record>, StoreError>;
     /// Marks the record revoked (keeping an earlier revocation). Returns the
     /// record, `None` if unknown.
-    fn revoke(
-        &self,
-        id: &str,
-        rev: Revocation,
-    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+    async fn revoke(&self, id: &str, rev: Revocation) -> Result<Option<Record>, StoreError>;
     /// Revoked certificates that have not expired by `now`.
-    fn revoked(
-        &self,
-        now: i64,
-    ) -> impl Future<Output = Result<Vec<RevokedEntry>, StoreError>> + Send;
+    async fn revoked(&self, now: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+}
+
+/// Certificate request resources and their renewal bookkeeping.
+#[async_trait]
+pub trait RequestStore: Send + Sync {
     /// Adds a new certificate request. `Duplicate` if a live request has the
     /// same `dup_key`.
-    fn create_request(
-        &self,
-        row: RequestRow,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn get_request(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
-    fn request_by_dup_key(
-        &self,
-        dup_key: &str,
-    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
+    async fn create_request(&self, row: RequestRow) -> Result<(), StoreError>;
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
+    async fn request_by_dup_key(&self, dup_key: &str) -> Result<Option<RequestRow>, StoreError>;
     /// The request `owner_uid` created with `request_id` at or after `since_us`.
-    fn request_by_request_id(
+    async fn request_by_request_id(
         &self,
         owner_uid: u32,
         request_id: &str,
         since_us: i64,
-    ) -> impl Future<Output = Result<Option<RequestRow>, StoreError>> + Send;
+    ) -> Result<Option<RequestRow>, StoreError>;
     /// Newest first.
-    fn list_requests(
-        &self,
-        q: RequestQuery,
-    ) -> impl Future<Output = Result<Vec<RequestRow>, StoreError>> + Send;
+    async fn list_requests(&self, q: RequestQuery) -> Result<Vec<RequestRow>, StoreError>;
     /// Requests whose `due_at` is at or before `now`, earliest first;
     /// requests that have never been issued come before renewals.
-    fn due_requests(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<RequestRow>, StoreError>> + Send;
+    async fn due_requests(&self, now: i64, limit: u32) -> Result<Vec<RequestRow>, StoreError>;
     /// The earliest `due_at` of all requests.
-    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
     /// Applies `change` atomically. `Duplicate` if the new `dup_key` is taken
     /// by another request; `Ok(false)` if the request no longer exists.
-    fn commit_request(
-        &self,
-        change: RequestChange,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    async fn commit_request(&self, change: RequestChange) -> Result<bool, StoreError>;
     /// Removes the request and revokes `revoke` (serials) in one transaction.
     /// `Ok(false)` if it did not exist.
-    fn delete_request(
+    async fn delete_request(
         &self,
         id: &str,
         revoke: Vec<String>,
         revocation: Revocation,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> Result<bool, StoreError>;
     /// Times of the renewals of `names_key` at or after `since`, oldest first.
-    fn renewals_since(
-        &self,
-        names_key: &str,
-        since: i64,
-    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
-    fn last_crl(&self) -> impl Future<Output = Result<Option<CrlRecord>, StoreError>> + Send;
-    fn save_crl(&self, crl: CrlRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    async fn renewals_since(&self, names_key: &str, since: i64) -> Result<Vec<i64>, StoreError>;
 }
+
+/// The hash-chained audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends to the audit log (durably, before returning).
+    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+    /// Audit records after `after_seq`, in order.
+    async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// The last CRL signed, so numbering continues across restarts.
+#[async_trait]
+pub trait CrlStore: Send + Sync {
+    async fn last_crl(&self) -> Result<Option<CrlRecord>, StoreError>;
+    async fn save_crl(&self, crl: CrlRecord) -> Result<(), StoreError>;
+}
+
+/// A storage engine: everything the daemon keeps. A backend implements the
+/// four parts; services hold an `Arc<dyn Store>` and never name the engine.
+pub trait Store: CertificateStore + RequestStore + AuditStore + CrlStore + 'static {}
+
+impl<T: CertificateStore + RequestStore + AuditStore + CrlStore + 'static> Store for T {}

@@ -47,15 +47,7 @@ pub const ENV: &str = "HSMCA_TEST_FAULTS";
 /// How often the control file is read again.
 const RELOAD: Duration = Duration::from_millis(20);
 
-/// The PKCS#11 calls a fault can be injected into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Initialize,
-    OpenSession,
-    Login,
-    FindObjects,
-    Sign,
-}
+pub use super::Op;
 
 impl Op {
     fn parse(s: &str) -> Option<Option<Self>> {

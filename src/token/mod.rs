@@ -3,7 +3,21 @@
 //! find the CA key unambiguously. Signing happens in [`pool`], on threads that
 //! own their sessions; nothing here runs on the async runtime.
 
+// The fault hook is for tests only: the shipped build gets a stand-in
+// without behaviour (see faults_off.rs).
+#[cfg_attr(not(feature = "test-faults"), path = "faults_off.rs")]
 pub mod faults;
+
+/// The PKCS#11 calls the test build's fault hook can fail or stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Initialize,
+    OpenSession,
+    Login,
+    FindObjects,
+    Sign,
+}
+
 pub mod keygen;
 pub mod pool;
 pub mod pubkey;
@@ -21,7 +35,7 @@ use cryptoki::{
 use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 
-use self::faults::{FaultInjector, Op};
+use self::faults::FaultInjector;
 use crate::config::{KeyType, TokenLocator};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +76,21 @@ pub enum TokenError {
     Pkcs11 { function: String, rv: String },
     #[error("PKCS#11: {0}")]
     Other(String),
+}
+
+/// The signing contract's view of a token error: what the caller should
+/// do. The PKCS#11 detail stays in the message (for the log).
+impl From<TokenError> for crate::signing::SignError {
+    fn from(e: TokenError) -> Self {
+        use crate::signing::SignError;
+        match e {
+            TokenError::Busy => SignError::Busy,
+            TokenError::Stopped => SignError::Stopped,
+            TokenError::Unavailable => SignError::Unavailable,
+            TokenError::Rejected { .. } => SignError::Rejected(e.to_string()),
+            other => SignError::Failed(other.to_string()),
+        }
+    }
 }
 
 impl TokenError {

@@ -26,7 +26,7 @@ use cryptoki::{
 use spki::SubjectPublicKeyInfoOwned;
 use tokio::sync::{oneshot, watch};
 
-pub use super::supervisor::{RebuildPlan, TokenState, fingerprint};
+pub use super::supervisor::RebuildPlan;
 use super::{
     CaKey, FaultClass, Token, TokenError,
     faults::{FaultInjector, Op},
@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     metrics::metrics,
-    signing::{DigestSigner, SignError, SignatureScheme},
+    signing::{DigestSigner, Readiness, SignFuture, SignatureScheme},
 };
 
 struct Job {
@@ -132,7 +132,7 @@ impl SignerPool {
 
     /// The token's state, for health reporting: `Unavailable` from the
     /// first token-level fault until the rebuild succeeds.
-    pub fn state(&self) -> watch::Receiver<TokenState> {
+    pub fn state(&self) -> watch::Receiver<Readiness> {
         self.shared.subscribe()
     }
 
@@ -195,9 +195,11 @@ impl DigestSigner for SignerPool {
         &self.spki
     }
 
-    async fn sign_digest(&self, digest: Vec<u8>) -> Result<Vec<u8>, SignError> {
-        let raw = self.sign_raw(self.scheme.token_input(&digest)).await?;
-        Ok(self.scheme.signature_value(&raw)?)
+    fn sign_digest(&self, digest: Vec<u8>) -> SignFuture<'_> {
+        Box::pin(async move {
+            let raw = self.sign_raw(self.scheme.token_input(&digest)).await?;
+            Ok(self.scheme.signature_value(&raw)?)
+        })
     }
 }
 

@@ -23,21 +23,14 @@ use cryptoki::{
     slot::Slot,
 };
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
 use spki::SubjectPublicKeyInfoOwned;
 use tokio::sync::watch;
 
 use super::{KeySelector, Token, TokenError, faults::FaultInjector};
-use crate::config::KeyType;
-
-/// Whether the token can sign right now; drives the health service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenState {
-    Ready,
-    /// A token-level fault was seen; requests fail fast while the token is
-    /// rebuilt.
-    Unavailable,
-}
+use crate::{
+    config::KeyType,
+    signing::{Readiness, fingerprint},
+};
 
 /// The first wait between rebuild attempts; doubled after each failure.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -74,7 +67,7 @@ pub(crate) struct Live {
 pub(crate) struct Shared {
     live: RwLock<Live>,
     generation: AtomicU64,
-    state: watch::Sender<TokenState>,
+    state: watch::Sender<Readiness>,
     wake: flume::Sender<Wake>,
     pub faults: Arc<FaultInjector>,
     pub plan: RebuildPlan,
@@ -93,7 +86,7 @@ impl Shared {
         faults: Arc<FaultInjector>,
     ) -> (Arc<Self>, flume::Receiver<Wake>) {
         let (wake, wake_rx) = flume::unbounded();
-        let (state, _) = watch::channel(TokenState::Ready);
+        let (state, _) = watch::channel(Readiness::Ready);
         let shared = Arc::new(Self {
             live: RwLock::new(Live {
                 ctx: token.context().clone(),
@@ -112,10 +105,10 @@ impl Shared {
     }
 
     pub fn is_ready(&self) -> bool {
-        *self.state.borrow() == TokenState::Ready
+        *self.state.borrow() == Readiness::Ready
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<TokenState> {
+    pub fn subscribe(&self) -> watch::Receiver<Readiness> {
         self.state.subscribe()
     }
 
@@ -137,8 +130,8 @@ impl Shared {
             return;
         }
         let changed = self.state.send_if_modified(|s| {
-            let was_ready = *s == TokenState::Ready;
-            *s = TokenState::Unavailable;
+            let was_ready = *s == Readiness::Ready;
+            *s = Readiness::Unavailable;
             was_ready
         });
         if changed {
@@ -214,14 +207,6 @@ fn take(token: &mut Mutex<Option<Token>>) -> Option<Token> {
     token.get_mut().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Lowercase hex SHA-256 of a public key's DER, for messages.
-pub fn fingerprint(spki: &SubjectPublicKeyInfoOwned) -> String {
-    use der::Encode;
-    spki.to_der()
-        .map(|d| hex::encode(Sha256::digest(d)))
-        .unwrap_or_else(|_| "(unencodable)".into())
-}
-
 /// The recovery thread's loop. Without an armed fault hook it sleeps until
 /// woken; with one it also polls the hook for `reset-sessions`.
 pub(crate) fn run(shared: Arc<Shared>, wake: flume::Receiver<Wake>) {
@@ -253,7 +238,7 @@ fn recover(shared: &Shared, wake: &flume::Receiver<Wake>) -> bool {
         match shared.rebuild() {
             Ok(()) => {
                 tracing::info!(attempt, "token reconnected; serving again");
-                shared.state.send_replace(TokenState::Ready);
+                shared.state.send_replace(Readiness::Ready);
                 let m = crate::metrics::metrics();
                 m.token_ready.set(1);
                 m.token_recoveries.inc();

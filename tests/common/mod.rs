@@ -168,7 +168,12 @@ impl Ca {
 
     /// An `hsmca` command with this CA's environment.
     pub fn hsmca(&self) -> Command {
-        let mut c = Command::new(HSMCA);
+        self.command(Path::new(HSMCA))
+    }
+
+    /// `bin` (a build of `hsmca`) with this CA's environment.
+    pub fn command(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
         c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.env_remove("HSMCA_PIN");
         c
@@ -176,9 +181,14 @@ impl Ca {
 
     /// Starts `hsmca serve` and waits until the socket accepts connections.
     pub fn start(&mut self) {
+        self.start_binary(Path::new(HSMCA));
+    }
+
+    /// [`Ca::start`] with another build of the daemon.
+    pub fn start_binary(&mut self, bin: &Path) {
         let log = std::fs::File::create(self.path("daemon.log")).unwrap();
         let child = self
-            .hsmca()
+            .command(bin)
             .args(["serve", "--config"])
             .arg(self.config())
             .stdin(Stdio::null())

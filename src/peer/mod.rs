@@ -1,4 +1,8 @@
-//! Who is calling.
+//! Who is calling: the kernel's word on the socket peer ([`Peer`]), and
+//! the names and groups NSS gives it ([`identity::Identity`]), which the
+//! policy matches and the audit log records.
+
+pub mod identity;
 
 /// Who is calling, from the kernel (SO_PEERCRED), not from anything the
 /// client says.

@@ -23,7 +23,10 @@ use std::{
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
-use super::{INSERT_CERTIFICATE, INSERT_TAG, json, reply_column, unavailable};
+use super::{
+    certificates::{INSERT_CERTIFICATE, INSERT_TAG, json, reply_column},
+    unavailable,
+};
 use crate::{
     audit::{AuditEntry, GENESIS, chain_hash},
     store::{Record, StoreError},

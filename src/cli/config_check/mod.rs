@@ -7,21 +7,24 @@
 //! socket and never changes the token or the store: the token is only
 //! logged in to and signed with (a wrong PIN does count as a failed login
 //! on the token, as a start would), and the store is opened read-only
-//! without migrations ([`crate::store::schema`]).
+//! without migrations ([`crate::store::sqlite::inspect`]).
 //!
 //! `--setup` is the light check behind the service's `ExecCondition=`: is
 //! hsmca set up at all? If not, it prints the next steps and exits 1, and
 //! systemd skips the start instead of failing it (no restart loop).
 
+mod report;
+mod setup;
+
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
+use self::report::Reporter;
+pub use self::report::{Check, Report, Status};
 use super::{CliResult, serve};
 use crate::{
     ca::{CaChain, CaError},
@@ -29,7 +32,7 @@ use crate::{
     pin::{self, PinError},
     server::socket::{self, SocketError},
     signing::DigestSigner,
-    store::schema::{self, SchemaState},
+    store::sqlite::inspect::{self as schema, SchemaState},
     token::{CaKey, TokenError, pool::SignerPool},
 };
 
@@ -62,138 +65,8 @@ pub struct CheckArgs {
 
 pub async fn run(cmd: ConfigCommand) -> CliResult {
     match cmd {
-        ConfigCommand::Check(args) if args.setup => setup(&args.config),
+        ConfigCommand::Check(args) if args.setup => setup::setup(&args.config),
         ConfigCommand::Check(args) => check(args).await,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Failed,
-    Skipped,
-}
-
-/// One line of the report.
-#[derive(Debug, Serialize)]
-pub struct Check {
-    /// A stable name: config, pin, module, token, login, key, certificate,
-    /// signature, socket, store.
-    pub check: &'static str,
-    pub status: Status,
-    /// What was found, what is wrong, or why the check did not run.
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub ok: bool,
-    pub config: PathBuf,
-    pub checks: Vec<Check>,
-}
-
-/// Every check in order, with the label a person reads.
-const CHECKS: [(&str, &str); 10] = [
-    ("config", "config"),
-    ("pin", "PIN source"),
-    ("module", "PKCS#11 module"),
-    ("token", "token"),
-    ("login", "login"),
-    ("key", "CA key"),
-    ("certificate", "CA certificate"),
-    ("signature", "test signature"),
-    ("socket", "socket directory"),
-    ("store", "store"),
-];
-
-fn label(check: &str) -> &'static str {
-    CHECKS
-        .iter()
-        .find(|(c, _)| *c == check)
-        .map_or("?", |(_, l)| l)
-}
-
-/// Collects the lines, printing each as it comes (text mode) so that a
-/// step that hangs (an HSM that does not answer) shows where.
-struct Reporter {
-    json: bool,
-    checks: Vec<Check>,
-}
-
-impl Reporter {
-    fn push(&mut self, check: &'static str, status: Status, detail: String, fix: Option<String>) {
-        if !self.json {
-            let mark = match status {
-                Status::Ok => "✓",
-                Status::Failed => "✗",
-                Status::Skipped => "–",
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{mark} {:<16} {detail}", label(check));
-            if let Some(fix) = &fix {
-                let _ = writeln!(out, "  {:<16} fix: {fix}", "");
-            }
-            let _ = out.flush();
-        }
-        self.checks.push(Check {
-            check,
-            status,
-            detail,
-            fix,
-        });
-    }
-
-    fn ok(&mut self, check: &'static str, detail: impl Into<String>) {
-        self.push(check, Status::Ok, detail.into(), None);
-    }
-
-    fn fail(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
-        self.push(check, Status::Failed, detail.into(), Some(fix.into()));
-    }
-
-    fn skip(&mut self, check: &'static str, why: &str) {
-        self.push(check, Status::Skipped, format!("not checked: {why}"), None);
-    }
-
-    /// Skips every check from `first` up to (not including) `until`.
-    fn skip_range(&mut self, first: &str, until: Option<&str>, why: &str) {
-        let start = CHECKS.iter().position(|(c, _)| *c == first).unwrap_or(0);
-        let end = until
-            .and_then(|u| CHECKS.iter().position(|(c, _)| *c == u))
-            .unwrap_or(CHECKS.len());
-        for (c, _) in &CHECKS[start..end] {
-            self.skip(c, why);
-        }
-    }
-
-    fn finish(self, config: &Path) -> CliResult {
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Failed)
-            .count();
-        if self.json {
-            let report = Report {
-                ok: failed == 0,
-                config: config.to_owned(),
-                checks: self.checks,
-            };
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else if failed == 0 {
-            println!("all checks passed: `hsmca serve` can start with this configuration");
-        }
-        if failed == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "config check: {failed} check{} failed",
-                if failed == 1 { "" } else { "s" }
-            )
-            .into())
-        }
     }
 }
 
@@ -595,46 +468,4 @@ fn creatable(dir: &Path) -> Result<(), String> {
         .unwrap_or(Path::new("/"));
     rustix::fs::access(existing, rustix::fs::Access::WRITE_OK)
         .map_err(|e| format!("{} is not writable by this user ({e})", existing.display()))
-}
-
-/// `--setup`: only what an operator has to do once before the first start.
-/// Exits 1 (an error) with the next steps when something is missing, so
-/// `ExecCondition=` skips the start; anything else is `serve`'s to report.
-fn setup(path: &Path) -> CliResult {
-    let missing = match Config::load(path) {
-        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Some(format!("there is no config file {}", path.display()))
-        }
-        Err(e) => {
-            // Set up, but wrong: `serve` fails with this error and systemd
-            // reports the unit failed, which is what an operator should see.
-            eprintln!("hsmca: {e}");
-            return Ok(());
-        }
-        // The PIN file is the unit's own ConditionPathExists=.
-        Ok(cfg) if !cfg.ca.certificate.exists() => Some(format!(
-            "there is no CA certificate {} (hsmca init makes it)",
-            cfg.ca.certificate.display()
-        )),
-        Ok(_) => None,
-    };
-    let Some(missing) = missing else {
-        println!("hsmca is set up ({}); starting", path.display());
-        return Ok(());
-    };
-    let config = path.display();
-    let as_daemon = "systemd-run --pipe --wait -p User=hsmca -p StateDirectory=hsmca \
-                     -p LoadCredential=hsmca-pin:/etc/hsmca/pin";
-    println!(
-        "hsmca is installed but not set up yet: {missing}.\n\
-         Next steps, as root (README, \"Installing the package\"):\n  \
-         1. edit {config}: the token (token.module, token.token_label, token.key_label), ca.subject and the policy rules\n  \
-         2. put the token's user PIN in /etc/hsmca/pin (root:root, mode 0600)\n  \
-         3. make the CA key and certificate:\n     \
-            {as_daemon} /usr/bin/hsmca init --config {config}\n  \
-         4. check everything:\n     \
-            {as_daemon} /usr/bin/hsmca config check --config {config}\n  \
-         5. systemctl start hsmca"
-    );
-    Err("not set up yet; the start is skipped".into())
 }

@@ -3,11 +3,12 @@
 //! sees a certificate the store could lose, and a revoked certificate never
 //! lingers in a request's status.
 
+use async_trait::async_trait;
 use base64::Engine;
 use sqlx::{AnyPool, AssertSqlSafe, Row, any::AnyRow};
 
-use super::{insert_record, map_err};
-use crate::store::{RequestChange, RequestQuery, RequestRow, Revocation, StoreError};
+use super::{SqliteStore, certificates::insert_record, map_err};
+use crate::store::{RequestChange, RequestQuery, RequestRow, RequestStore, Revocation, StoreError};
 
 const COLUMNS: &str = "id, owner_uid, owner_gid, request_id, fingerprint, dup_key, names_key, \
     state, due_at, create_time, resource";
@@ -36,7 +37,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-pub(super) async fn create(pool: &AnyPool, r: &RequestRow) -> Result<(), StoreError> {
+async fn create(pool: &AnyPool, r: &RequestRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO certificate_requests (id, owner_uid, owner_gid, request_id, fingerprint, \
          dup_key, names_key, state, due_at, create_time, resource) \
@@ -60,7 +61,7 @@ pub(super) async fn create(pool: &AnyPool, r: &RequestRow) -> Result<(), StoreEr
 }
 
 /// One request by a single-column condition (`cond` uses `$1`).
-pub(super) async fn get_by(
+async fn get_by(
     pool: &AnyPool,
     cond: &'static str,
     args: &[&str],
@@ -74,7 +75,7 @@ pub(super) async fn get_by(
     r.as_ref().map(row).transpose()
 }
 
-pub(super) async fn by_request_id(
+async fn by_request_id(
     pool: &AnyPool,
     owner_uid: u32,
     request_id: &str,
@@ -97,7 +98,7 @@ pub(super) async fn by_request_id(
     r.as_ref().map(row).transpose()
 }
 
-pub(super) async fn list(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<RequestRow>, StoreError> {
+async fn list(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<RequestRow>, StoreError> {
     // Only placeholders are spliced into the text; every value is bound.
     let mut sql = format!("SELECT {COLUMNS} FROM certificate_requests WHERE 1 = 1");
     let mut n = 0;
@@ -111,11 +112,7 @@ pub(super) async fn list(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<Request
     if q.state.is_some() {
         sql += &format!(" AND state = {}", next());
     }
-    if q.after.is_some() {
-        let (t1, t2, i) = (next(), next(), next());
-        sql += &format!(" AND (create_time < {t1} OR (create_time = {t2} AND id < {i}))");
-    }
-    sql += &format!(" ORDER BY create_time DESC, id DESC LIMIT {}", next());
+    sql += &super::newest_first_page(q.after.is_some(), &mut next);
     let mut query = sqlx::query(AssertSqlSafe(sql));
     if let Some(uid) = q.owner_uid {
         query = query.bind(i64::from(uid));
@@ -131,11 +128,7 @@ pub(super) async fn list(pool: &AnyPool, q: &RequestQuery) -> Result<Vec<Request
     rows.iter().map(row).collect()
 }
 
-pub(super) async fn due(
-    pool: &AnyPool,
-    now: i64,
-    limit: u32,
-) -> Result<Vec<RequestRow>, StoreError> {
+async fn due(pool: &AnyPool, now: i64, limit: u32) -> Result<Vec<RequestRow>, StoreError> {
     // First issues (and re-issues) before renewals, so a backlog of renewals
     // does not hold up a request somebody is waiting for.
     let sql = format!(
@@ -151,7 +144,7 @@ pub(super) async fn due(
     rows.iter().map(row).collect()
 }
 
-pub(super) async fn next_due(pool: &AnyPool) -> Result<Option<i64>, StoreError> {
+async fn next_due(pool: &AnyPool) -> Result<Option<i64>, StoreError> {
     let r = sqlx::query("SELECT MIN(due_at) AS next FROM certificate_requests")
         .fetch_one(pool)
         .await
@@ -180,7 +173,7 @@ async fn revoke_serials(
     Ok(())
 }
 
-pub(super) async fn commit(pool: &AnyPool, c: &RequestChange) -> Result<bool, StoreError> {
+async fn commit(pool: &AnyPool, c: &RequestChange) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     let r = &c.row;
     let updated = sqlx::query(
@@ -217,7 +210,7 @@ pub(super) async fn commit(pool: &AnyPool, c: &RequestChange) -> Result<bool, St
     Ok(true)
 }
 
-pub(super) async fn delete(
+async fn delete(
     pool: &AnyPool,
     id: &str,
     revoke: &[String],
@@ -237,7 +230,7 @@ pub(super) async fn delete(
     Ok(true)
 }
 
-pub(super) async fn renewals_since(
+async fn renewals_since(
     pool: &AnyPool,
     names_key: &str,
     since: i64,
@@ -260,4 +253,57 @@ pub(super) async fn renewals_since(
                 .map_err(|e| StoreError::Corrupt(e.to_string()))
         })
         .collect()
+}
+
+#[async_trait]
+impl RequestStore for SqliteStore {
+    async fn create_request(&self, row: RequestRow) -> Result<(), StoreError> {
+        create(&self.pool, &row).await
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        get_by(&self.pool, "id = $1", &[id]).await
+    }
+
+    async fn request_by_dup_key(&self, dup_key: &str) -> Result<Option<RequestRow>, StoreError> {
+        get_by(&self.pool, "dup_key = $1", &[dup_key]).await
+    }
+
+    async fn request_by_request_id(
+        &self,
+        owner_uid: u32,
+        request_id: &str,
+        since_us: i64,
+    ) -> Result<Option<RequestRow>, StoreError> {
+        by_request_id(&self.pool, owner_uid, request_id, since_us).await
+    }
+
+    async fn list_requests(&self, q: RequestQuery) -> Result<Vec<RequestRow>, StoreError> {
+        list(&self.pool, &q).await
+    }
+
+    async fn due_requests(&self, now: i64, limit: u32) -> Result<Vec<RequestRow>, StoreError> {
+        due(&self.pool, now, limit).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        next_due(&self.pool).await
+    }
+
+    async fn commit_request(&self, change: RequestChange) -> Result<bool, StoreError> {
+        commit(&self.pool, &change).await
+    }
+
+    async fn delete_request(
+        &self,
+        id: &str,
+        revoke: Vec<String>,
+        revocation: Revocation,
+    ) -> Result<bool, StoreError> {
+        delete(&self.pool, id, &revoke, revocation).await
+    }
+
+    async fn renewals_since(&self, names_key: &str, since: i64) -> Result<Vec<i64>, StoreError> {
+        renewals_since(&self.pool, names_key, since).await
+    }
 }

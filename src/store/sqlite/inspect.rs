@@ -1,6 +1,6 @@
 //! The store's schema version, read without changing anything: what
 //! `hsmca config check` reports before a start. `serve` runs the pending
-//! migrations itself (sqlx's migrator, in [`super::sql`]); this only looks.
+//! migrations itself (sqlx's migrator, in `schema.rs`); this only looks.
 //!
 //! Looking must not write. A read-only SQLite connection to a database in
 //! WAL mode still creates `hsmca.db-wal` and `hsmca.db-shm` when they are
@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The SQLite file in `state.dir`.
 pub const DB_FILE: &str = "hsmca.db";
 
 /// The newest schema this build knows: the number of the last migration in
-/// [`super::sql`] (a test keeps the two in step).
+/// `schema.rs` (a test keeps the two in step).
 pub const SCHEMA_VERSION: i64 = 3;
 
 /// What the store's schema says about starting this build on it.
@@ -139,7 +139,7 @@ mod tests {
         );
         assert!(files(dir.path()).is_empty());
         // An open store (its -wal exists): read through the WAL.
-        let _store = super::super::sql::SqlStore::open_sqlite(dir.path())
+        let _store = super::super::SqliteStore::open_sqlite(dir.path())
             .await
             .unwrap();
         let before = files(dir.path());

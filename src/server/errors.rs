@@ -1,4 +1,5 @@
-//! The one place where errors become gRPC statuses. Clients get a message
+//! The one place where errors become gRPC statuses (and where gRPC codes
+//! get their names, for logs, metrics and the CLI). Clients get a message
 //! they can act on; internal detail (PKCS#11 return values) goes to the log.
 
 use tonic::{Code, Status};
@@ -9,7 +10,6 @@ use crate::{
     requests::RequestError,
     signing::SignError,
     store::StoreError,
-    token::TokenError,
 };
 
 impl From<IssueError> for Status {
@@ -20,8 +20,7 @@ impl From<IssueError> for Status {
             | IssueError::Csr(_)
             | IssueError::Name(_) => Status::invalid_argument(e.to_string()),
             IssueError::Precondition(m) => Status::failed_precondition(m),
-            IssueError::Policy(p) => p.into(),
-            IssueError::Build(BuildError::Sign(SignError::Token(t))) => token_status(t),
+            IssueError::Build(BuildError::Sign(s)) => s.into(),
             IssueError::Build(other) => {
                 tracing::error!(error = %other, "certificate building failed");
                 Status::internal("the certificate could not be built; see the daemon's log")
@@ -63,6 +62,7 @@ impl From<RequestError> for Status {
     fn from(e: RequestError) -> Self {
         match e {
             RequestError::Issue(i) => i.into(),
+            RequestError::Policy(p) => p.into(),
             RequestError::Invalid(m) => Status::invalid_argument(m),
             RequestError::NotFound(_) => Status::not_found(e.to_string()),
             RequestError::AlreadyExists(m) => Status::already_exists(m),
@@ -72,25 +72,27 @@ impl From<RequestError> for Status {
     }
 }
 
-fn token_status(e: TokenError) -> Status {
-    match e {
-        TokenError::Busy => Status::new(
-            Code::ResourceExhausted,
-            "the signer's queue is full; retry in a moment",
-        ),
-        TokenError::Stopped => Status::unavailable("the daemon is shutting down; retry shortly"),
-        TokenError::Unavailable => {
-            Status::unavailable("the HSM is unavailable and being reconnected; retry shortly")
-        }
-        TokenError::Rejected { .. } => {
-            tracing::error!(error = %e, "the token refused to sign");
-            Status::internal(
-                "the HSM refused to sign this certificate; nothing was issued (see the daemon's log)",
-            )
-        }
-        other => {
-            tracing::error!(error = %other, "token signing failed");
-            Status::unavailable("the HSM could not sign; retry shortly")
+impl From<SignError> for Status {
+    fn from(e: SignError) -> Self {
+        match e {
+            SignError::Busy => Status::new(
+                Code::ResourceExhausted,
+                "the signer's queue is full; retry in a moment",
+            ),
+            SignError::Stopped => Status::unavailable("the daemon is shutting down; retry shortly"),
+            SignError::Unavailable => {
+                Status::unavailable("the HSM is unavailable and being reconnected; retry shortly")
+            }
+            SignError::Rejected(_) => {
+                tracing::error!(error = %e, "the token refused to sign");
+                Status::internal(
+                    "the HSM refused to sign this certificate; nothing was issued (see the daemon's log)",
+                )
+            }
+            SignError::Failed(_) => {
+                tracing::error!(error = %e, "token signing failed");
+                Status::unavailable("the HSM could not sign; retry shortly")
+            }
         }
     }
 }
@@ -116,4 +118,27 @@ pub fn rewrite_oversize<B>(mut resp: http::Response<B>, limit: usize) -> http::R
         }
     }
     resp
+}
+
+/// The canonical gRPC name of a status code, as users see it in docs.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }

@@ -1,24 +1,21 @@
-//! What the CA signs with, spelled out byte for byte: which hash Rust computes
+//! The CA's signature schemes, spelled out byte for byte: which hash Rust computes
 //! over the TBS, what exactly is handed to the token's C_Sign (the bare digest,
 //! or a DER DigestInfo for PKCS#1 v1.5), and how the token's raw output becomes
 //! an X.509 signature value. The token never sees the certificate.
 
-use std::future::Future;
-
-use der::{Any, asn1::ObjectIdentifier};
+use der::Any;
 use sha2::{Digest, Sha256, Sha384};
-use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use spki::AlgorithmIdentifierOwned;
 
 use crate::config::{CaConfig, DigestAlg, RsaPadding};
-
-pub const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-pub const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
-pub const ECDSA_WITH_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
-pub const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
-pub const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
-pub const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
-pub const RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
-pub const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+pub use const_oid::db::rfc5912::ECDSA_WITH_SHA_256 as ECDSA_WITH_SHA256;
+pub use const_oid::db::rfc5912::ECDSA_WITH_SHA_384 as ECDSA_WITH_SHA384;
+pub use const_oid::db::rfc5912::ECDSA_WITH_SHA_512 as ECDSA_WITH_SHA512;
+pub use const_oid::db::rfc5912::ID_RSASSA_PSS as RSASSA_PSS;
+pub use const_oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION as SHA256_WITH_RSA;
+pub use const_oid::db::rfc5912::SHA_384_WITH_RSA_ENCRYPTION as SHA384_WITH_RSA;
+pub use const_oid::db::rfc5912::SHA_512_WITH_RSA_ENCRYPTION as SHA512_WITH_RSA;
+pub use const_oid::db::rfc8410::ID_ED_25519 as ED25519;
 
 /// DER prefix of `DigestInfo { AlgorithmIdentifier { sha256, NULL }, OCTET STRING (32) }`
 /// (RFC 8017 §9.2, note 1); the digest follows.
@@ -161,27 +158,6 @@ impl SignatureScheme {
             }
         })
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SignError {
-    #[error(transparent)]
-    Token(#[from] crate::token::TokenError),
-    #[error(transparent)]
-    Scheme(#[from] SchemeError),
-}
-
-/// Signs with the CA key. The input is a digest that the caller computed with
-/// [`SignatureScheme::digest`] — never the message — and the output is the
-/// X.509 signature value (DER `ECDSA-Sig-Value`, or the RSA signature bytes).
-pub trait DigestSigner: Send + Sync {
-    fn scheme(&self) -> SignatureScheme;
-    /// The CA key's public half, as held in the token.
-    fn public_key(&self) -> &SubjectPublicKeyInfoOwned;
-    fn sign_digest(
-        &self,
-        digest: Vec<u8>,
-    ) -> impl Future<Output = Result<Vec<u8>, SignError>> + Send;
 }
 
 #[cfg(test)]

@@ -1,0 +1,347 @@
+//! What `hsmca bench` reports: the figures for each CA key type, the
+//! targets they are checked against, and the two ways they are printed (a
+//! text table, or JSON with `--json` / `--json-out`).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{load::LoadResult, peer::PeerResult, raw::RawResult, wave::WaveResult};
+use crate::client::{CliResult, write_out};
+
+/// Everything measured for one CA key type.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyResult {
+    pub key: String,
+    pub sessions: usize,
+    pub raw: RawResult,
+    pub issuance: Vec<IssueRun>,
+    pub daemon: DaemonFigures,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub get_by_id: Option<LoadResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<WaveResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerResult>,
+    /// hsmca's certificates/s at the highest concurrency ÷ the peer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ratio: Option<f64>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssueRun {
+    #[serde(flatten)]
+    pub load: LoadResult,
+    /// certificates/s ÷ raw signatures/s.
+    pub throughput_ratio: f64,
+    /// raw CPU-µs per signature ÷ daemon CPU-µs per certificate.
+    pub efficiency_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonFigures {
+    /// exec until the socket accepted a connection.
+    pub ready_ms: f64,
+    /// What the daemon logged for opening the token (module, login, key
+    /// lookup, sessions).
+    pub token_ms: f64,
+    pub ready_excluding_login_ms: f64,
+    pub idle_rss_kib: u64,
+    /// VmHWM at the end of the run.
+    pub peak_rss_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayResult {
+    #[serde(flatten)]
+    pub load: LoadResult,
+    /// Every replay was byte-for-byte the original reply (so no new
+    /// certificate, and no C_Sign, was made).
+    pub identical_replies: bool,
+    /// replays/s ÷ fresh certificates/s at the same concurrency.
+    pub speedup_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub load_average_before: String,
+    pub load_average_after: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub hsmca_version: String,
+    pub seconds_per_run: f64,
+    pub machine: Machine,
+    pub results: Vec<KeyResult>,
+}
+
+/// Prints `report` as JSON (`json`) or as a table, and also writes the
+/// JSON to `json_out` when given.
+pub(super) fn emit(report: &Report, json: bool, json_out: Option<&Path>) -> CliResult {
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    if let Some(path) = json_out {
+        write_out(Some(path), &text)?;
+    }
+    if json {
+        write_out(None, &text)?;
+    } else {
+        write_out(None, &self::text(report))?;
+    }
+    Ok(())
+}
+
+fn target(name: &str, target: String, measured: String, met: bool) -> Target {
+    Target {
+        name: name.to_owned(),
+        target,
+        measured,
+        met,
+    }
+}
+
+/// The targets for issuance at the highest concurrency measured (P-256
+/// and RSA-2048 only).
+fn issuance_targets(r: &KeyResult) -> Vec<Target> {
+    let rsa = r.key.starts_with("rsa");
+    let p256 = r.key == "p256";
+    let mut t = Vec::new();
+    let top = r.issuance.iter().max_by_key(|x| x.load.clients);
+    if let Some(top) = top {
+        let c = top.load.clients;
+        let (eff, thr, rate) = if rsa {
+            (0.93, 0.85, 2500.0)
+        } else {
+            (0.70, 0.50, 10_000.0)
+        };
+        if p256 || r.key == "rsa2048" {
+            t.push(target(
+                &format!("efficiency at C={c}"),
+                format!(">= {eff:.2}"),
+                format!("{:.2}", top.efficiency_ratio),
+                top.efficiency_ratio >= eff,
+            ));
+            t.push(target(
+                &format!("throughput ratio at C={c}"),
+                format!(">= {thr:.2}"),
+                format!("{:.2}", top.throughput_ratio),
+                top.throughput_ratio >= thr,
+            ));
+            t.push(target(
+                &format!("certificates/s at C={c}"),
+                format!(">= {rate:.0}"),
+                format!("{:.0}", top.load.per_s),
+                top.load.per_s >= rate,
+            ));
+        }
+    }
+    t
+}
+
+/// The issue's targets, each checked against this run.
+pub(super) fn targets(r: &KeyResult) -> Vec<Target> {
+    let p256 = r.key == "p256";
+    let mut t = issuance_targets(r);
+    if let Some(p) = r.peer_ratio {
+        t.push(target(
+            "× the OpenSSL CLI peer",
+            ">= 150".into(),
+            format!("{p:.0}"),
+            p >= 150.0,
+        ));
+    }
+    if p256 && let Some(c8) = r.issuance.iter().find(|x| x.load.clients == 8) {
+        t.push(target(
+            "p99 at C=8",
+            "<= 3 ms".into(),
+            format!("{:.2} ms", c8.load.latency.p99_ms),
+            c8.load.latency.p99_ms <= 3.0,
+        ));
+    }
+    t.push(target(
+        "daemon peak RSS",
+        "<= 64 MiB".into(),
+        format!("{:.1} MiB", r.daemon.peak_rss_kib as f64 / 1024.0),
+        r.daemon.peak_rss_kib <= 64 * 1024,
+    ));
+    t.push(target(
+        "daemon idle RSS",
+        "<= 24 MiB".into(),
+        format!("{:.1} MiB", r.daemon.idle_rss_kib as f64 / 1024.0),
+        r.daemon.idle_rss_kib <= 24 * 1024,
+    ));
+    t.push(target(
+        "start to READY, login excluded",
+        "<= 150 ms".into(),
+        format!("{:.0} ms", r.daemon.ready_excluding_login_ms),
+        r.daemon.ready_excluding_login_ms <= 150.0,
+    ));
+    if let Some(g) = &r.get_by_id {
+        t.push(target(
+            "GetClientCertificate at C=16",
+            ">= 20000/s".into(),
+            format!("{:.0}/s", g.per_s),
+            g.per_s >= 20_000.0,
+        ));
+    }
+    if let Some(rp) = &r.replay {
+        t.push(target(
+            "replay vs fresh at C=8 (identical, no C_Sign)",
+            ">= 5×".into(),
+            format!(
+                "{:.1}× ({})",
+                rp.speedup_ratio,
+                if rp.identical_replies {
+                    "identical"
+                } else {
+                    "NOT identical"
+                }
+            ),
+            rp.speedup_ratio >= 5.0 && rp.identical_replies,
+        ));
+    }
+    t
+}
+
+fn kib(k: u64) -> String {
+    format!("{:.1} MiB", k as f64 / 1024.0)
+}
+
+/// One row per concurrency: rate, latency, daemon CPU and the ratios.
+fn issuance_table(s: &mut String, r: &KeyResult) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "{:>4} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>10} {:>10} {:>6}",
+        "C",
+        "certs/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "µs/cert",
+        "thr ratio",
+        "eff ratio",
+        "errors"
+    );
+    for i in &r.issuance {
+        let l = &i.load;
+        let _ = writeln!(
+            s,
+            "{:>4} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>9.1} {:>10.2} {:>10.2} {:>6}",
+            l.clients,
+            l.per_s,
+            l.latency.p50_ms,
+            l.latency.p90_ms,
+            l.latency.p99_ms,
+            l.latency.max_ms,
+            l.daemon_cpu_us_per_op,
+            i.throughput_ratio,
+            i.efficiency_ratio,
+            l.errors
+        );
+    }
+}
+
+fn text_for_key(r: &KeyResult) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n== CA key {} ({} token sessions) ==\nraw C_Sign: {:.0} signatures/s, {:.1} CPU-µs per signature",
+        r.key, r.sessions, r.raw.signs_per_s, r.raw.cpu_us_per_sign
+    );
+    issuance_table(&mut s, r);
+    let d = &r.daemon;
+    let _ = writeln!(
+        s,
+        "daemon: READY {:.0} ms after exec ({:.0} ms token login, {:.0} ms without); RSS idle {}, peak {}",
+        d.ready_ms,
+        d.token_ms,
+        d.ready_excluding_login_ms,
+        kib(d.idle_rss_kib),
+        kib(d.peak_rss_kib)
+    );
+    if let Some(g) = &r.get_by_id {
+        let _ = writeln!(
+            s,
+            "GetClientCertificate, C=16: {:.0}/s, p99 {:.2} ms, {:.1} daemon CPU-µs each",
+            g.per_s, g.latency.p99_ms, g.daemon_cpu_us_per_op
+        );
+    }
+    if let Some(rp) = &r.replay {
+        let _ = writeln!(
+            s,
+            "request_id replay, C=8: {:.0}/s ({:.1}× fresh), p99 {:.2} ms, {:.1} daemon CPU-µs each, replies {}",
+            rp.load.per_s,
+            rp.speedup_ratio,
+            rp.load.latency.p99_ms,
+            rp.load.daemon_cpu_us_per_op,
+            if rp.identical_replies {
+                "identical"
+            } else {
+                "NOT identical"
+            }
+        );
+    }
+    if let Some(w) = &r.wave {
+        let _ = writeln!(
+            s,
+            "renewal wave: {} requests first-issued in {:.2} s, {} renewed in {:.2} s; one interactive client's p99: {:.2} ms before, {:.2} ms during first issues, {:.2} ms during renewals (max {:.1} ms)",
+            w.requests,
+            w.first_issue_s,
+            w.renewed,
+            w.renewal_s,
+            w.client_before.p99_ms,
+            w.client_during_first_issue.p99_ms,
+            w.client_during_renewals.p99_ms,
+            w.client_during_renewals.max_ms
+        );
+    }
+    if let (Some(p), Some(ratio)) = (&r.peer, r.peer_ratio) {
+        let _ = writeln!(
+            s,
+            "OpenSSL CLI peer: {:.1} certificates/s over {} runs; hsmca at the highest concurrency: {:.0}×",
+            p.per_s, p.runs, ratio
+        );
+    }
+    let _ = writeln!(s, "targets:");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "  [{}] {}: {} (target {})",
+            if t.met { "met" } else { "MISSED" },
+            t.name,
+            t.measured,
+            t.target
+        );
+    }
+    s
+}
+
+fn text(report: &Report) -> String {
+    let mut s = format!(
+        "hsmca {} bench: {} s per run, {} CPUs, load average {} before, {} after\n",
+        report.hsmca_version,
+        report.seconds_per_run,
+        report.machine.cpus,
+        report.machine.load_average_before,
+        report.machine.load_average_after
+    );
+    for r in &report.results {
+        s.push_str(&text_for_key(r));
+    }
+    s
+}
