@@ -8,12 +8,15 @@
 # Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
 # scripts/check-modules.py (the module graph's rules); the shipped build
 # (cargo build, no test features) for tests/shipped_build.rs;
-# cargo test --all-targets ARGS; then every fuzz target for
+# cargo test --all-targets ARGS; the Debian package built from the dev
+# build, linted, installed, checked and purged (scripts/package-test.sh;
+# changes this machine); then every fuzz target for
 # HSMCA_FUZZ_SECONDS each (default 10, unoptimised build; 0 only replays
 # the committed seed corpus) through scripts/fuzz.sh, which installs cargo-fuzz when missing.
 # Exits non-zero on any failure.
 #
-# Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python for the tests.
+# Exports HSMCA_TEST_PYTHON=<repo>/target/test-venv/bin/python and
+# HSMCA_TEST_PROMTOOL (promtool) for the tests.
 set -euo pipefail
 
 prog=${0##*/}
@@ -66,8 +69,9 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # files are verified and scored) and systemd-socket-activate (socket
 # activation is tested with it). Neither needs systemd to be running.
 # gnutls-bin: certtool, the third verifier of the conformance matrix.
+# lintian and man-db: the package test checks the .deb and its man page.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd gnutls-bin; do
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd gnutls-bin lintian man-db; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.
@@ -82,6 +86,31 @@ if ! compgen -G '/usr/lib/*/pkcs11/pkcs11-spy.so' >/dev/null &&
     [[ ! -e /usr/lib/pkcs11/pkcs11-spy.so ]]; then
     printf '%s: warning: pkcs11-spy.so not found under /usr/lib/*/pkcs11/\n' "$prog" >&2
 fi
+
+# --- promtool ---------------------------------------------------------------
+# Prometheus' rule checker, for contrib/prometheus. Debian ships it only in
+# the prometheus package, which pulls a dozen JavaScript packages for the
+# web UI (96 MB installed) and whose postinst would start a Prometheus
+# server; no smaller package ships promtool. The tests need only that one
+# static binary, so it is taken out of the package (apt-get download,
+# dpkg-deb -x) into target/tools, and nothing is installed.
+promtool=$repo/target/tools/promtool
+if [[ ! -x $promtool ]] && command -v promtool >/dev/null 2>&1; then
+    promtool=$(command -v promtool)
+elif [[ ! -x $promtool ]]; then
+    step "extracting promtool from Debian's prometheus package into target/tools"
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update
+        apt_updated=yes
+    fi
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download prometheus)
+    dpkg-deb -x "$dl"/prometheus_*.deb "$dl/root"
+    install -D -m 0755 "$dl/root/usr/bin/promtool" "$promtool"
+    rm -rf -- "$dl"
+fi
+"$promtool" --version >/dev/null 2>&1 || die "promtool at $promtool does not run"
+export HSMCA_TEST_PROMTOOL=$promtool
 
 # --- Python venv for the tests --------------------------------------------
 venv=$repo/target/test-venv
@@ -146,6 +175,9 @@ export HSMCA_SHIPPED_BIN=$repo/target/shipped/hsmca
 
 step "cargo test --all-targets $*"
 cargo test --all-targets "$@"
+
+step "the Debian package: build, lintian, dpkg -i, checks, dpkg -r/-P (scripts/package-test.sh)"
+scripts/package-test.sh
 
 # CI fuzzes briefly with an unoptimised build (the long runs, a million
 # executions a target, are `scripts/fuzz.sh` by hand; see the README).

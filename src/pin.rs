@@ -3,7 +3,10 @@
 //! variable. Never argv, and never a log line: the PIN is a [`SecretString`]
 //! from the moment it is read, and no error below carries its value.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 use secrecy::SecretString;
 
@@ -44,19 +47,56 @@ pub fn load_pin_from(
     token: &TokenConfig,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<SecretString, PinError> {
+    match pin_source_from(token, &env)? {
+        PinSource::File(path) => read_pin_file(&path, true),
+        // systemd already restricts credentials to the service; their mode
+        // is not the operator's to choose.
+        PinSource::Credential(path) => read_pin_file(&path, false),
+        PinSource::Env => finish(env(PIN_ENV).unwrap_or_default().into_bytes(), PIN_ENV),
+    }
+}
+
+/// Where [`load_pin`] reads the PIN from (for `hsmca config check` to say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// `token.pin_file`.
+    File(PathBuf),
+    /// The systemd credential `token.pin_credential` in `$CREDENTIALS_DIRECTORY`.
+    Credential(PathBuf),
+    /// The `HSMCA_PIN` environment variable.
+    Env,
+}
+
+impl std::fmt::Display for PinSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Credential(p) => write!(f, "systemd credential {}", p.display()),
+            Self::Env => write!(f, "environment variable {PIN_ENV}"),
+        }
+    }
+}
+
+/// The source [`load_pin`] would read, without reading it.
+pub fn pin_source(token: &TokenConfig) -> Result<PinSource, PinError> {
+    pin_source_from(token, &|k| std::env::var(k).ok())
+}
+
+fn pin_source_from(
+    token: &TokenConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<PinSource, PinError> {
     if let Some(path) = &token.pin_file {
-        return read_pin_file(path, true);
+        return Ok(PinSource::File(path.clone()));
     }
     if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join(&token.pin_credential);
         if path.exists() {
-            // systemd already restricts credentials to the service; their
-            // mode is not the operator's to choose.
-            return read_pin_file(&path, false);
+            return Ok(PinSource::Credential(path));
         }
     }
-    if let Some(value) = env(PIN_ENV) {
-        return finish(value.into_bytes(), PIN_ENV);
+    if env(PIN_ENV).is_some() {
+        return Ok(PinSource::Env);
     }
     Err(PinError::Missing {
         credential: token.pin_credential.clone(),

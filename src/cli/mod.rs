@@ -1,10 +1,13 @@
-//! The `hsmca` command line: `serve` and `init` run next to the token;
+//! The `hsmca` command line: `serve` and `init` run next to the token, and
+//! `config check` runs the start-up checks of `serve` without serving;
 //! `issue`, `ca`, `get`, `list`, `tag`, `revoke`, `crl` and `request` are
 //! clients of a running daemon's socket; `status` reads its metrics socket;
 //! `bench` sets up its own token and daemon and measures them.
 
 pub mod audit;
 pub mod client;
+pub mod config_check;
+pub mod docs;
 pub mod init;
 pub mod records;
 pub mod requests;
@@ -17,10 +20,19 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::client::CliResult;
 
+/// `hsmca --version`: the crate version and the commit it was built from
+/// (build.rs; "unknown" when built outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HSMCA_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hsmca",
-    version,
+    version = VERSION,
     about = "A certificate authority whose CA key never leaves a PKCS#11 token"
 )]
 pub struct Cli {
@@ -37,6 +49,9 @@ pub enum Command {
     },
     /// Create the CA key in the token and the CA certificate.
     Init(InitArgs),
+    /// Check a configuration before serving with it.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
     /// Ask the daemon for a certificate.
     Issue(Box<IssueArgs>),
     /// Print the CA certificates (issuing CA first, root last).
@@ -78,6 +93,10 @@ pub enum Command {
         #[arg(long)]
         seconds: f64,
     },
+    /// Write the man pages (DIR/man) and the bash, zsh and fish completions
+    /// (DIR/completions), generated from these definitions; for packaging.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +174,7 @@ pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve { config } => serve::serve(&config).await,
         Command::Init(args) => init::init(args).await,
+        Command::Config(cmd) => config_check::run(cmd).await,
         Command::Issue(args) => client::issue(*args).await,
         Command::Ca { conn, out } => client::ca(conn, out).await,
         Command::Get(args) => records::get(args).await,
@@ -167,5 +187,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
+        Command::GenerateDocs { dir } => docs::generate(&dir),
     }
 }

@@ -176,10 +176,17 @@ fn dir_problem(dir: &Path, info: DirInfo, me: Me, parent: bool) -> Option<String
 /// user other than the daemon's (and root) replace the socket. See
 /// [`dir_problem`] for the rule; symbolic links are resolved first.
 pub fn check_socket_dir(socket: &Path) -> Result<(), SocketError> {
-    let me = Me {
-        uid: rustix::process::geteuid().as_raw(),
-        gid: rustix::process::getegid().as_raw(),
-    };
+    check_socket_dir_as(
+        socket,
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
+/// [`check_socket_dir`] for a daemon running as `uid`/`gid` rather than as
+/// this process (`hsmca config check --user`, run by root).
+pub fn check_socket_dir_as(socket: &Path, uid: u32, gid: u32) -> Result<(), SocketError> {
+    let me = Me { uid, gid };
     let parent = match socket.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -20,6 +20,7 @@ use crate::audit::AuditEntry;
 mod audit;
 mod certificates;
 mod crl;
+pub mod inspect;
 mod requests;
 mod schema;
 mod writer;
