@@ -323,6 +323,10 @@ async fn serve_with(
         cfg.state.request_id_retention,
         auth.clone(),
     );
+    // Before the socket exists: a client that sees it may stop the daemon
+    // at once, and SIGTERM must then be a clean shutdown, not a kill.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // A socket systemd passed is served as it is and never removed: it
     // belongs to hsmca.socket. One we bind is removed at exit.
     let (listener, _socket_file, socket_path) = match activated {
@@ -338,8 +342,6 @@ async fn serve_with(
         }
     };
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
     let opts = ServeOptions {
