@@ -309,27 +309,7 @@ fn two_keys_under_one_label_fail_the_key_check_naming_both() {
 fn a_ca_certificate_of_another_key_fails_the_certificate_check() {
     let mut ca = Ca::new("p256");
     make_store(&mut ca);
-    run_ok(Command::new("openssl").current_dir(ca.dir.path()).args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=Not The Token Key",
-        "-keyout",
-        "other.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "30",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]));
+    ca.replace_ca_cert_with_another_key();
     let pin = ca.pin();
     let cert = std::fs::read(ca.path("ca.pem")).unwrap();
     let before = snapshot(&ca, &pin);

@@ -131,27 +131,7 @@ fn a_ca_certificate_for_another_key_is_refused_naming_both_keys() {
     let ca = Ca::new("p256");
     let token_key = cert_key_sha256(&ca.path("ca.pem"));
     // A well-formed CA certificate, for a key that is not in the token.
-    run_ok(Command::new("openssl").current_dir(ca.dir.path()).args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=Not The Token Key",
-        "-keyout",
-        "other.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "30",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]));
+    ca.replace_ca_cert_with_another_key();
     let cert_key = cert_key_sha256(&ca.path("ca.pem"));
     assert_ne!(cert_key, token_key);
     let err = serve_fails(&ca);

@@ -157,6 +157,32 @@ impl Ca {
         .unwrap();
     }
 
+    /// Replaces ca.pem with a well-formed CA certificate (CN "Not The Token
+    /// Key") for a fresh P-256 key that is not in the token.
+    pub fn replace_ca_cert_with_another_key(&self) {
+        run_ok(Command::new("openssl").current_dir(self.dir.path()).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=Not The Token Key",
+            "-keyout",
+            "other.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]));
+    }
+
     /// Makes uid 0 (the tests) an administrator.
     pub fn make_root_admin(&self) {
         self.append_config(
