@@ -66,9 +66,9 @@ pub struct BenchArgs {
     /// Skip the OpenSSL peer.
     #[arg(long)]
     pub no_peer: bool,
-    /// Skip the burst of RSA-8192 CSRs.
-    #[arg(long)]
-    pub no_csr_burst: bool,
+    /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
+    #[arg(long, default_value_t = 200)]
+    pub csr_burst: usize,
     /// Path of softhsm-setup/setup.sh (default: found from the working
     /// directory, the source tree, or the binary's location).
     #[arg(long)]
@@ -166,14 +166,17 @@ async fn bench_key(
     } else {
         None
     };
-    let csr_burst = if args.no_csr_burst {
+    let csr_burst = if args.csr_burst == 0 {
         None
     } else {
         progress(
             args,
-            &format!("{key}: bursts of 200 RSA-8192 CSRs beside an interactive client"),
+            &format!(
+                "{key}: bursts of {} RSA-8192 CSRs beside an interactive client",
+                args.csr_burst
+            ),
         );
-        Some(burst::run(&socket, keys.clone(), seconds).await?)
+        Some(burst::run(&socket, keys.clone(), args.csr_burst, seconds).await?)
     };
     let daemon = DaemonFigures {
         ready_ms,
