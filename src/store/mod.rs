@@ -5,6 +5,7 @@
 //! [`Store`] is the seam for storage engines; [`sqlite::SqliteStore`] is the
 //! embedded SQLite store.
 
+pub mod retention;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
