@@ -49,7 +49,7 @@ impl Requests {
         if let Some(earlier) = self.replay(peer, &request_id, &fingerprint).await? {
             return Ok(earlier);
         }
-        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
+        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who).await?;
         policy.check_rate(&grant, &who)?;
         self.check_quota(peer, &who, &grant).await?;
         if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {

@@ -71,7 +71,7 @@ impl Requests {
             .await;
         let spec = r.spec.clone().unwrap_or_default();
         let policy = self.auth.current();
-        let outcome = match spec::decide(&self.issuer, &spec, &policy, &who) {
+        let outcome = match spec::decide(&self.issuer, &spec, &policy, &who).await {
             Ok((decided, _)) => self.issuer.sign(decided).await.map_err(RequestError::from),
             Err(e) => Err(e),
         };
