@@ -14,6 +14,7 @@ pub mod load;
 pub mod peer;
 pub mod raw;
 pub mod report;
+pub mod request_list;
 pub mod wave;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -66,6 +67,10 @@ pub struct BenchArgs {
     /// Skip the OpenSSL peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Only time ListCertificateRequests over a store of this many
+    /// certificate requests (unfiltered and with label filters).
+    #[arg(long)]
+    pub request_list: Option<usize>,
     /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
     #[arg(long, default_value_t = 200)]
     pub csr_burst: usize,
@@ -89,6 +94,9 @@ fn subject_keys(n: usize) -> CliResult<Vec<String>> {
 
 pub async fn bench(args: BenchArgs) -> CliResult {
     let setup = daemon::find_setup(args.setup.as_deref())?;
+    if let Some(n) = args.request_list {
+        return request_list::run(&setup, n).await;
+    }
     let seconds = args.seconds.unwrap_or(if args.quick { 2.0 } else { 5.0 });
     if !(seconds > 0.0 && seconds <= 600.0) {
         return Err("--seconds must be between 0 and 600".into());

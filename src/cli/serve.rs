@@ -316,6 +316,11 @@ async fn serve_with(
     // Held in a JoinSet so that every way out of here stops it.
     let mut worker = tokio::task::JoinSet::new();
     worker.spawn(requests.clone().run_worker());
+    // Deletes records and audit entries older than state.retention.
+    worker.spawn(crate::store::retention::run(
+        store.clone(),
+        cfg.state.retention,
+    ));
     let service = CaService::new(
         issuer,
         store,

@@ -15,6 +15,11 @@ pub struct StateConfig {
     /// How long a request_id replays its original reply.
     #[serde(with = "humantime_serde")]
     pub request_id_retention: Duration,
+    /// How long the records of expired certificates (and audit entries)
+    /// are kept; older ones are deleted in the background. Never shorter
+    /// than `request_id_retention`, whose replies those records hold.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for StateConfig {
@@ -22,6 +27,7 @@ impl Default for StateConfig {
         Self {
             dir: PathBuf::from("/var/lib/hsmca"),
             request_id_retention: Duration::from_secs(3600),
+            retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -57,6 +63,16 @@ impl StateConfig {
             return Err(invalid(
                 "state.request_id_retention",
                 "must be at least 60m: clients may retry for an hour",
+            ));
+        }
+        if self.retention < self.request_id_retention {
+            return Err(invalid(
+                "state.retention",
+                format!(
+                    "must be at least state.request_id_retention ({}): a retry must find \
+                     the record it replays",
+                    humantime::format_duration(self.request_id_retention)
+                ),
             ));
         }
         Ok(())
