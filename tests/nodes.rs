@@ -334,6 +334,7 @@ async fn watches_hear_other_nodes_and_each_renewal_happens_once_though_a_node_di
             ("HSMCA_REQUESTS__RENEWAL_LIMIT", "100"),
         ],
     );
+    ca.make_root_admin();
     let mut a = Node::new(&ca, "node1");
     let mut b = Node::new(&ca, "node2");
     a.start(&ca);
