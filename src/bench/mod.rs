@@ -3,10 +3,12 @@
 //! init`, measures the token's own C_Sign rate through as many sessions as
 //! the daemon uses, then starts `hsmca serve` as a child process and drives
 //! it over its Unix socket: issuance at several concurrencies, reads by id,
-//! request_id replays, a renewal wave beside an interactive client; and the
+//! request_id replays, a renewal wave and a burst of RSA-8192 CSRs, each
+//! beside an interactive client; and the
 //! OpenSSL command line as a peer. The daemon's CPU time and memory come
 //! from /proc/PID. Figures are printed as a table, or as JSON with `--json`.
 
+pub mod burst;
 pub mod daemon;
 pub mod load;
 pub mod peer;
@@ -64,6 +66,9 @@ pub struct BenchArgs {
     /// Skip the OpenSSL peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Skip the burst of RSA-8192 CSRs.
+    #[arg(long)]
+    pub no_csr_burst: bool,
     /// Path of softhsm-setup/setup.sh (default: found from the working
     /// directory, the source tree, or the binary's location).
     #[arg(long)]
@@ -161,6 +166,15 @@ async fn bench_key(
     } else {
         None
     };
+    let csr_burst = if args.no_csr_burst {
+        None
+    } else {
+        progress(
+            args,
+            &format!("{key}: bursts of 200 RSA-8192 CSRs beside an interactive client"),
+        );
+        Some(burst::run(&socket, keys.clone(), seconds).await?)
+    };
     let daemon = DaemonFigures {
         ready_ms,
         token_ms,
@@ -191,6 +205,7 @@ async fn bench_key(
         get_by_id,
         replay,
         wave,
+        csr_burst,
         peer,
         peer_ratio,
         targets: Vec::new(),

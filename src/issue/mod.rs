@@ -164,8 +164,6 @@ pub struct Issuer {
     ca: Arc<CaChain>,
     profiles: ProfilesConfig,
     backdate: Duration,
-    /// Bounds the CSR checks running at once (see [`offload`]).
-    csr_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Issuer {
@@ -181,7 +179,6 @@ impl Issuer {
             ca,
             profiles,
             backdate,
-            csr_checks: offload::csr_check_permits(),
         }
     }
 
