@@ -780,3 +780,120 @@ async fn nodes_killed_again_and_again_under_load_lose_no_certificate() {
         n.stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
+    use hsmca::proto::CreateCertificateRequestRequest;
+    let pg = PgServer::start();
+    // A single-host deployment on SQLite (whatever the suite's backend).
+    let mut ca = Ca::new("p256");
+    ca.env.retain(|(k, _)| k != "HSMCA_STATE__DATABASE");
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let mut r = req(&key, "moved");
+    r.request_id = "7a1d3c5e-2b4f-4a6c-8e0d-1f3b5d7f9a2c".into();
+    let first = ca
+        .client()
+        .await
+        .generate_client_certificate(r.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = ca.issue_cn(&key, "revoked").await;
+    ca.client()
+        .await
+        .delete_client_certificate(DeleteClientCertificateRequest {
+            certificate_id: revoked.certificate_id.clone(),
+            reason: "superseded".into(),
+        })
+        .await
+        .unwrap();
+    let requests = hsmca::proto::certificate_requests_client::CertificateRequestsClient::new(
+        hsmca::cli::client::connect(&ca.socket()).await.unwrap(),
+    );
+    requests
+        .clone()
+        .create_certificate_request(CreateCertificateRequestRequest {
+            spec: Some(csr_spec(
+                &key.csr("/CN=kept", Some("DNS:kept.example")),
+                3600,
+            )),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (n_before, _) = crl_serials(
+        &ca,
+        &ca.client()
+            .await
+            .get_crl(GetCrlRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pem_crl,
+    );
+    assert!(ca.stop().success());
+
+    let db = pg.create_db();
+    let url = pg.url(&db);
+    let from = format!("sqlite:{}", ca.path("state").display());
+    let out = run_ok(
+        ca.hsmca()
+            .args(["store", "copy", "--from", &from, "--to", &url]),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("verified"), "{said}");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM certificates"),
+        "3",
+        "{said}"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM certificate_requests"),
+        "1"
+    );
+    // A second copy into the now non-empty database is refused.
+    let again = run(ca
+        .hsmca()
+        .args(["store", "copy", "--from", &from, "--to", &url]));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // A daemon on the copy: the replay is byte for byte, the revocation is
+    // on its CRL, numbered after the old ones, and the chain verifies.
+    let mut node = Node::new(&ca, "node1");
+    node.env.push(("HSMCA_STATE__DATABASE".into(), url.clone()));
+    node.start(&ca);
+    let replay = node
+        .client()
+        .await
+        .generate_client_certificate(r)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay.encode_to_vec(), first.encode_to_vec());
+    let (n_after, listed) = crl_serials(
+        &ca,
+        &node
+            .client()
+            .await
+            .get_crl(GetCrlRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pem_crl,
+    );
+    assert!(n_after >= n_before, "CRL number {n_after} after {n_before}");
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.replace(':', "") == revoked.serial_number.to_ascii_lowercase())
+    );
+    node.stop();
+    let v = run(node
+        .hsmca(&ca)
+        .args(["audit", "verify", "--config"])
+        .arg(ca.config()));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}

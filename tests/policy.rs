@@ -536,7 +536,10 @@ async fn audit_verify_names_the_first_bad_record() {
                 .clone();
             let db = url.split('/').nth(3).unwrap().split('?').next().unwrap();
             let copy_db = format!("{db}_{what}");
-            pg.psql("postgres", &format!("CREATE DATABASE {copy_db} TEMPLATE {db}"));
+            pg.psql(
+                "postgres",
+                &format!("CREATE DATABASE {copy_db} TEMPLATE {db}"),
+            );
             pg.psql(&copy_db, sql);
             run(ca
                 .hsmca()

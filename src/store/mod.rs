@@ -6,6 +6,7 @@
 //! embedded SQLite store, [`postgres::PgStore`] the PostgreSQL store that
 //! several daemons share. [`open`] picks one from `state.database`.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

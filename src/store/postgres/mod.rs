@@ -29,6 +29,7 @@ use crate::{audit::AuditEntry, config::StateConfig, signing::Readiness};
 mod audit;
 mod certificates;
 mod crl;
+pub mod import;
 mod locks;
 pub mod notify;
 mod password;
