@@ -18,6 +18,7 @@ use std::{
 };
 
 use common::{Ca, SOFTHSM, run, run_ok};
+use hsmca::store::sqlite::inspect::SCHEMA_VERSION as LATEST_SCHEMA;
 use sha2::Digest;
 
 /// The checks, in the order they are printed.
@@ -190,11 +191,13 @@ fn a_good_token_passes_every_check_and_nothing_changes() {
         "certifies the token key",
         "EcdsaP256Sha256",
         "✓ socket directory",
-        "schema version 3, this build's",
         "all checks passed",
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
+
+    let schema = format!("schema version {LATEST_SCHEMA}, this build's");
+    assert!(text.contains(&schema), "{schema:?} not in:\n{text}");
 
     let (report, out) = check_json(&ca);
     assert!(out.status.success());
@@ -371,12 +374,13 @@ fn a_world_writable_socket_directory_fails_the_socket_check() {
 fn a_store_from_a_newer_schema_fails_the_store_check_untouched() {
     let mut ca = Ca::new("p256");
     make_store(&mut ca);
-    // A newer hsmca's migration, recorded the way sqlx records its own.
+    // A newer hsmca's migration, recorded as hsmca records its own.
+    let (latest, newer) = (LATEST_SCHEMA, LATEST_SCHEMA + 1);
     let db = ca.path("state/hsmca.db");
     run_ok(Command::new(common::python()).arg("-c").arg(format!(
         "import sqlite3; c = sqlite3.connect({db:?}); \
-         c.execute(\"INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (4, 'from a newer hsmca', 1, x'00', 0)\"); c.commit(); c.close()",
+         c.execute(\"INSERT INTO schema_migrations (version, description, applied_at) \
+         VALUES ({newer}, 'from a newer hsmca', 0)\"); c.commit(); c.close()",
         db = db.display().to_string()
     )));
     let pin = ca.pin();
@@ -386,7 +390,7 @@ fn a_store_from_a_newer_schema_fails_the_store_check_untouched() {
         &report,
         &out,
         "store",
-        "schema version 4 is newer than this build's (3)",
+        &format!("schema version {newer} is newer than this build's ({latest})"),
         &[],
     );
     assert!(detail.contains(&db.display().to_string()), "{detail}");
@@ -412,7 +416,12 @@ fn a_store_from_a_newer_schema_fails_the_store_check_untouched() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve started on a newer store");
-    assert!(err.contains("migration 4"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "schema version {newer}, newer than this hsmca knows (version {latest})"
+        )),
+        "{err}"
+    );
 }
 
 #[test]

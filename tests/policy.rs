@@ -552,12 +552,10 @@ async fn audit_verify_names_the_first_bad_record() {
                 let f = f.unwrap();
                 std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
             }
-            let url = format!("sqlite://{}", copy.join("hsmca.db").display());
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-            let changed = sqlx::query(sql).execute(&pool).await.unwrap();
-            assert!(changed.rows_affected() > 0, "{what}");
-            pool.close().await;
+            let db = rusqlite::Connection::open(copy.join("hsmca.db")).unwrap();
+            db.execute_batch(sql).unwrap();
+            assert!(db.changes() > 0, "{what}");
+            drop(db);
             verify(&copy)
         };
         assert!(!out.status.success(), "{what} went unnoticed");

@@ -1,4 +1,4 @@
-//! A burst of large-RSA CSRs beside an interactive client: 200 requests,
+//! A burst of large-RSA CSRs beside an interactive client: N requests (200 by default),
 //! each carrying the same RSA-8192 CSR (whose signature the daemon must
 //! verify before anything is signed), sent at once over 4 connections and
 //! repeated back to back for the measurement window, while one P-256
@@ -26,7 +26,6 @@ use crate::{
 /// The CSR every burst request carries (OpenSSL-made; a CSR holds only the
 /// public half of its key).
 const RSA8192_CSR: &str = include_str!("data/rsa8192-csr.pem");
-const BURST: usize = 200;
 const CONNECTIONS: usize = 4;
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +50,7 @@ struct Sample {
 pub async fn run(
     socket: &std::path::Path,
     keys: Arc<Vec<String>>,
+    burst: usize,
     seconds: f64,
 ) -> CliResult<BurstResult> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,7 +98,7 @@ pub async fn run(
     let mut burst_errors = 0u64;
     while bursts == 0 || during_from.elapsed() < window {
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..BURST {
+        for i in 0..burst {
             let mut c = burst_clients[i % CONNECTIONS].clone();
             set.spawn(async move {
                 c.generate_client_certificate(GenerateClientCertificateRequest {
@@ -134,7 +134,7 @@ pub async fn run(
         )
     };
     Ok(BurstResult {
-        csrs_per_burst: BURST,
+        csrs_per_burst: burst,
         bursts,
         burst_s: during_to.duration_since(during_from).as_secs_f64() / bursts as f64,
         client_before: latency(base_from, base_to),

@@ -14,6 +14,7 @@ pub mod load;
 pub mod peer;
 pub mod raw;
 pub mod report;
+pub mod request_list;
 pub mod stores;
 pub mod wave;
 
@@ -67,9 +68,13 @@ pub struct BenchArgs {
     /// Skip the OpenSSL peer.
     #[arg(long)]
     pub no_peer: bool,
-    /// Skip the burst of RSA-8192 CSRs.
+    /// Only time ListCertificateRequests over a store of this many
+    /// certificate requests (unfiltered and with label filters).
     #[arg(long)]
-    pub no_csr_burst: bool,
+    pub request_list: Option<usize>,
+    /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
+    #[arg(long, default_value_t = 200)]
+    pub csr_burst: usize,
     /// `postgres`: compare issuance with the store in SQLite and in a
     /// private PostgreSQL server (one daemon, and `--nodes` daemons on one
     /// token), instead of the usual runs. Uses the first of `--keys`.
@@ -98,6 +103,9 @@ fn subject_keys(n: usize) -> CliResult<Vec<String>> {
 
 pub async fn bench(args: BenchArgs) -> CliResult {
     let setup = daemon::find_setup(args.setup.as_deref())?;
+    if let Some(n) = args.request_list {
+        return request_list::run(&setup, n).await;
+    }
     let seconds = args.seconds.unwrap_or(if args.quick { 2.0 } else { 5.0 });
     if !(seconds > 0.0 && seconds <= 600.0) {
         return Err("--seconds must be between 0 and 600".into());
@@ -183,14 +191,17 @@ async fn bench_key(
     } else {
         None
     };
-    let csr_burst = if args.no_csr_burst {
+    let csr_burst = if args.csr_burst == 0 {
         None
     } else {
         progress(
             args,
-            &format!("{key}: bursts of 200 RSA-8192 CSRs beside an interactive client"),
+            &format!(
+                "{key}: bursts of {} RSA-8192 CSRs beside an interactive client",
+                args.csr_burst
+            ),
         );
-        Some(burst::run(&socket, keys.clone(), seconds).await?)
+        Some(burst::run(&socket, keys.clone(), args.csr_burst, seconds).await?)
     };
     let daemon = DaemonFigures {
         ready_ms,

@@ -66,13 +66,20 @@ fn p256_csr(cn: &str, key: &p256::ecdsa::SigningKey) -> CliResult<String> {
 
 /// Counts the certificates the worker has made for certificate requests,
 /// straight from the store (read-only; WAL lets it read beside the writer).
-async fn request_certs(db: &sqlx::AnyPool) -> CliResult<i64> {
-    use sqlx::Row;
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM certificate_tags WHERE tag_key = $1")
-        .bind(crate::requests::REQUEST_TAG)
-        .fetch_one(db)
-        .await?;
-    Ok(row.try_get::<i64, _>("n")?)
+async fn request_certs(db: &std::path::Path) -> CliResult<i64> {
+    let db = db.to_owned();
+    let n = tokio::task::spawn_blocking(move || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM certificate_tags WHERE tag_key = ?1",
+            [crate::requests::REQUEST_TAG],
+            |r| r.get::<_, i64>(0),
+        )
+    })
+    .await??;
+    Ok(n)
 }
 
 pub async fn run(
@@ -124,14 +131,7 @@ pub async fn run(
     let csrs: Vec<String> = (0..n)
         .map(|i| p256_csr(&format!("wave-{i}.bench"), &key))
         .collect::<CliResult<_>>()?;
-    sqlx::any::install_default_drivers();
-    let db = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!(
-            "sqlite://{}?mode=ro",
-            bed.path("state/hsmca.db").display()
-        ))
-        .await?;
+    let db = bed.path("state/hsmca.db");
     tokio::time::sleep_until(base_to.into()).await;
 
     // The wave: every request filed at once (16 connections).
@@ -191,7 +191,6 @@ pub async fn run(
     let t_renewed = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let _ = measurer.await;
-    db.close().await;
 
     let samples = samples
         .lock()

@@ -90,6 +90,22 @@ fn line(seq: i64, e: &AuditEntry) -> String {
         + "\n"
 }
 
+/// What `audit verify` says of an intact log: how many records, where the
+/// kept log starts when retention has cut it, and the head.
+fn verify_summary(start: i64, head: &(i64, String), cut: bool) -> String {
+    let n = head.0 - start;
+    if cut {
+        format!(
+            "audit log intact: {n} records, kept from record {} (earlier records were deleted \
+             by retention; the chain verifies from the checkpoint), head {}\n",
+            start + 1,
+            head.1
+        )
+    } else {
+        format!("audit log intact: {n} records, head {}\n", head.1)
+    }
+}
+
 pub async fn run(cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::List(a) => {
@@ -128,7 +144,14 @@ pub async fn run(cmd: AuditCommand) -> CliResult {
         }
         AuditCommand::Verify(a) => {
             let store = open(&a.config).await?;
-            let mut head = (0i64, GENESIS.to_owned());
+            // A log that retention has cut verifies from its checkpoint:
+            // the first kept record's predecessor hash, kept for this.
+            let checkpoint = store.audit_checkpoint().await?;
+            let start = match &checkpoint {
+                Some(cp) => (cp.seq - 1, cp.prev_hash.clone()),
+                None => (0, GENESIS.to_owned()),
+            };
+            let mut head = start.clone();
             loop {
                 let rows = store.audit_log(head.0, PAGE).await?;
                 if rows.is_empty() {
@@ -137,10 +160,7 @@ pub async fn run(cmd: AuditCommand) -> CliResult {
                 // A gap before the first row of a page shows as a missing range.
                 head = verify_rows(head, &rows).map_err(|e| format!("audit log broken: {e}"))?;
             }
-            write_out(
-                None,
-                &format!("audit log intact: {} records, head {}\n", head.0, head.1),
-            )
+            write_out(None, &verify_summary(start.0, &head, checkpoint.is_some()))
         }
     }
 }

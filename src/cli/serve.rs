@@ -318,6 +318,11 @@ async fn serve_with(
     worker.spawn(requests.clone().run_worker());
     // Changes other daemons sharing the store make reach this one's watchers.
     worker.spawn(requests.clone().follow_changes());
+    // Deletes records and audit entries older than state.retention.
+    worker.spawn(crate::store::retention::run(
+        store.clone(),
+        cfg.state.retention,
+    ));
     let service = CaService::new(
         issuer,
         store,

@@ -18,7 +18,7 @@ const TOO_LONG: &str = "must be at most 100 years";
 pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
     let s = &cfg.server;
     let p = &cfg.profiles;
-    let keyed: [(&'static str, Duration); 21] = [
+    let keyed: [(&'static str, Duration); 22] = [
         ("server.shutdown_grace", s.shutdown_grace),
         ("server.request_timeout", s.request_timeout),
         ("server.handshake_timeout", s.handshake_timeout),
@@ -29,6 +29,7 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
         ("ca.backdate", cfg.ca.backdate),
         ("crl.validity", cfg.crl.validity),
         ("state.request_id_retention", cfg.state.request_id_retention),
+        ("state.retention", cfg.state.retention),
         ("requests.renewal_window", cfg.requests.renewal_window),
         ("requests.retry_after", cfg.requests.retry_after),
         (

@@ -31,6 +31,11 @@ pub struct StateConfig {
     /// for the server) before it fails UNAVAILABLE.
     #[serde(with = "humantime_serde")]
     pub database_timeout: Duration,
+    /// How long the records of expired certificates (and audit entries)
+    /// are kept; older ones are deleted in the background. Never shorter
+    /// than `request_id_retention`, whose replies those records hold.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 /// The database `state.database` names.
@@ -52,6 +57,7 @@ impl Default for StateConfig {
             database_password_credential: "hsmca-db-password".into(),
             database_connections: 16,
             database_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -102,6 +108,16 @@ impl StateConfig {
             return Err(invalid(
                 "state.database_timeout",
                 "must be between 100ms and 10m",
+            ));
+        }
+        if self.retention < self.request_id_retention {
+            return Err(invalid(
+                "state.retention",
+                format!(
+                    "must be at least state.request_id_retention ({}): a retry must find \
+                     the record it replays",
+                    humantime::format_duration(self.request_id_retention)
+                ),
             ));
         }
         Ok(())

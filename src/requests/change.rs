@@ -37,7 +37,7 @@ impl Requests {
         }
         let who = self.auth.identify(&peer).await;
         let policy = self.auth.current();
-        let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who)?;
+        let (checked, grant) = spec::check(&self.issuer, &new, &policy, &who).await?;
         if csr_changed || state_of(&r) == State::Failed {
             // This update signs again: it takes from the caller's rate.
             policy.check_rate(&grant, &who)?;
@@ -45,9 +45,16 @@ impl Requests {
         let mut new = checked.spec;
         if csr_changed {
             if old.rotate_keys {
-                let old_key = crate::issue::csr::parse_and_verify(&old.pem_csr)
-                    .ok()
-                    .and_then(|v| der::Encode::to_der(&v.csr.info.public_key).ok());
+                // Parsing verifies the CSR's signature: off the runtime.
+                let old_pem = old.pem_csr.clone();
+                let old_key = tokio::task::spawn_blocking(move || {
+                    crate::issue::csr::parse_and_verify(&old_pem)
+                        .ok()
+                        .and_then(|v| der::Encode::to_der(&v.csr.info.public_key).ok())
+                })
+                .await
+                .ok()
+                .flatten();
                 if old_key.as_deref() == Some(checked.spki.as_slice()) {
                     return Err(invalid(
                         "rotate_keys is set: the new CSR must carry a new key, not the one being rotated",

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::{CertificateRequest, RequestError, Requests, decode, invalid, names_text, spec};
+use super::{
+    CertificateRequest, RequestError, Requests, decode, invalid, labels_of, names_text, spec,
+};
 use crate::{
     issue::check_request_id,
     peer::{Peer, identity::Identity},
@@ -49,7 +51,7 @@ impl Requests {
         if let Some(earlier) = self.replay(peer, &request_id, &fingerprint).await? {
             return Ok(earlier);
         }
-        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who)?;
+        let (checked, grant) = spec::check(&self.issuer, given, &policy, &who).await?;
         policy.check_rate(&grant, &who)?;
         self.check_quota(peer, &who, &grant).await?;
         if let Some(existing) = self.store.request_by_dup_key(&checked.dup_key).await? {
@@ -81,6 +83,7 @@ impl Requests {
             state: State::Pending as i32,
             due_at: Some(unix_now()),
             create_time_us: unix_us(now),
+            labels: labels_of(&resource),
             resource: resource.encode_to_vec(),
         };
         match self.store.create_request(row.clone()).await {
@@ -150,6 +153,7 @@ impl Requests {
             .list_requests(RequestQuery {
                 owner_uid: Some(peer.uid),
                 state: Some(State::Pending as i32),
+                labels: Vec::new(),
                 after: None,
                 limit: u32::try_from(max_live).unwrap_or(u32::MAX),
             })

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::SystemTime};
 use prost::Message;
 
 use super::{
-    REQUEST_TAG, RequestError, Requests, SUPERSEDED, auto_renew, decode, names_text, passes, spec,
-    state_of,
+    REQUEST_TAG, RequestError, Requests, SUPERSEDED, auto_renew, decode, labels_of, names_text,
+    passes, spec, state_of,
 };
 use crate::{
     audit::AuditEntry,
@@ -57,6 +57,7 @@ impl Requests {
                 // Nothing to issue: only the schedule changes.
                 row.state = state_of(&r) as i32;
                 row.due_at = self.due_at(&r, now);
+                row.labels = labels_of(&r);
                 self.store
                     .commit_request(RequestChange::row_only(row))
                     .await?;
@@ -78,7 +79,7 @@ impl Requests {
             .await;
         let spec = r.spec.clone().unwrap_or_default();
         let policy = self.auth.current();
-        let outcome = match spec::decide(&self.issuer, &spec, &policy, &who) {
+        let outcome = match spec::decide(&self.issuer, &spec, &policy, &who).await {
             Ok((decided, _)) => self.issuer.sign(decided).await.map_err(RequestError::from),
             Err(e) => Err(e),
         };
@@ -202,6 +203,7 @@ impl Requests {
         let issued_at = unix_secs(issued.create_time);
         row.state = State::Finished as i32;
         row.due_at = auto_renew(&r).then(|| self.renew_point(issued_at, record.expire_time));
+        row.labels = labels_of(&r);
         row.resource = r.encode_to_vec();
         let id = row.id.clone();
         let serial = record.serial.clone();

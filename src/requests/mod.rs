@@ -14,7 +14,7 @@ pub mod watch;
 mod worker;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -96,6 +96,19 @@ fn decode(row: &RequestRow) -> Result<CertificateRequest, RequestError> {
             row.id
         )))
     })
+}
+
+/// The spec's labels, as the store keeps them for list filters.
+fn labels_of(r: &CertificateRequest) -> BTreeMap<String, String> {
+    r.spec
+        .as_ref()
+        .map(|s| {
+            s.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn state_of(r: &CertificateRequest) -> State {
@@ -197,46 +210,35 @@ impl Requests {
         Ok(self.visible(peer, id, true).await?.1)
     }
 
-    /// The caller's requests, newest first: up to `limit` and whether more
-    /// follow. `labels` must all match.
+    /// The caller's requests (an administrator's: everyone's), newest
+    /// first: up to `limit` and whether more follow. `labels` must all
+    /// match; the store filters, so one query makes the page.
     pub async fn list(
         &self,
         peer: Peer,
         state: Option<State>,
         labels: &[(String, String)],
-        mut after: Option<(i64, String)>,
+        after: Option<(i64, String)>,
         limit: u32,
     ) -> Result<(Vec<(i64, CertificateRequest)>, bool), RequestError> {
-        let mut out = Vec::new();
-        loop {
-            let rows = self
-                .store
-                .list_requests(RequestQuery {
-                    owner_uid: (!self.auth.is_admin(&peer).await).then_some(peer.uid),
-                    state: state.map(|s| s as i32),
-                    after: after.clone(),
-                    limit: limit + 1,
-                })
-                .await?;
-            let exhausted = rows.len() <= limit as usize;
-            for row in &rows {
-                after = Some((row.create_time_us, row.id.clone()));
-                let r = decode(row)?;
-                let spec_labels = r.spec.as_ref().map(|s| &s.labels);
-                if labels
-                    .iter()
-                    .all(|(k, v)| spec_labels.and_then(|l| l.get(k)) == Some(v))
-                {
-                    if out.len() == limit as usize {
-                        return Ok((out, true));
-                    }
-                    out.push((row.create_time_us, r));
-                }
-            }
-            if exhausted {
-                return Ok((out, false));
-            }
-        }
+        let owner_uid = (!self.auth.is_admin(&peer).await).then_some(peer.uid);
+        let mut rows = self
+            .store
+            .list_requests(RequestQuery {
+                owner_uid,
+                state: state.map(|s| s as i32),
+                labels: labels.to_vec(),
+                after,
+                limit: limit.saturating_add(1),
+            })
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let page = rows
+            .iter()
+            .map(|row| Ok((row.create_time_us, decode(row)?)))
+            .collect::<Result<_, RequestError>>()?;
+        Ok((page, more))
     }
 
     /// When the worker next has work on `r`, as it stands.
@@ -270,6 +272,7 @@ impl Requests {
     ) -> Result<(), RequestError> {
         row.state = state_of(r) as i32;
         row.due_at = due_at;
+        row.labels = labels_of(r);
         row.resource = r.encode_to_vec();
         let id = row.id.clone();
         let found = self

@@ -2,7 +2,7 @@
 //! one-shot issue would be, and the keys that find duplicates and group
 //! renewals.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use der::Encode;
 use sha2::{Digest, Sha256};
@@ -43,14 +43,16 @@ pub fn issue_request(spec: &CertificateRequestSpec) -> IssueRequest {
 }
 
 /// What a one-shot issue for `spec` would decide for `who` under `policy`:
-/// check, authorize, decide, in the same order as the service's.
-pub fn decide(
-    issuer: &Issuer,
+/// check, authorize, decide, in the same order as the service's. The CSR's
+/// signature is verified off the async runtime, by the issuer's bounded
+/// verifier (as for GenerateClientCertificate).
+pub async fn decide(
+    issuer: &Arc<Issuer>,
     spec: &CertificateRequestSpec,
     policy: &Policy,
     who: &Identity,
 ) -> Result<(Decided, Grant), RequestError> {
-    let checked = issuer.check(issue_request(spec))?;
+    let checked = issuer.check_off_runtime(issue_request(spec)).await?;
     let grant = policy.authorize(who, checked.profile(), &checked.raw_names())?;
     let decided = issuer.decide(checked, grant.limits())?;
     Ok((decided, grant))
@@ -58,8 +60,8 @@ pub fn decide(
 
 /// Checks `spec` as the issuer would check a one-shot request from it under
 /// `policy` for `who`, and its labels as tags.
-pub fn check(
-    issuer: &Issuer,
+pub async fn check(
+    issuer: &Arc<Issuer>,
     spec: &CertificateRequestSpec,
     policy: &Policy,
     who: &Identity,
@@ -76,7 +78,7 @@ pub fn check(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     check_tags(&labels).map_err(|e| IssueError::Invalid(format!("labels: {e}")))?;
-    let (checked, grant) = decide(issuer, spec, policy, who)?;
+    let (checked, grant) = decide(issuer, spec, policy, who).await?;
     let spki = checked
         .spec
         .spki

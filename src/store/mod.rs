@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -176,6 +177,10 @@ pub struct RequestRow {
     /// issue, re-issue, renewal or retry), Unix seconds; `None`: nothing.
     pub due_at: Option<i64>,
     pub create_time_us: i64,
+    /// The spec's labels, kept beside the resource so that list filters
+    /// run in the database (an index on key and value). Engines replace
+    /// them with every create and commit, and return them on every read.
+    pub labels: BTreeMap<String, String>,
     /// The encoded `CertificateRequest`.
     pub resource: Vec<u8>,
 }
@@ -212,6 +217,8 @@ pub struct RequestQuery {
     /// Only this owner's requests; `None` lists everyone's (admins).
     pub owner_uid: Option<u32>,
     pub state: Option<i32>,
+    /// Labels (key, value) that must all match.
+    pub labels: Vec<(String, String)>,
     /// Keyset cursor: requests strictly older than (create_time_us, id).
     pub after: Option<(i64, String)>,
     pub limit: u32,
@@ -313,6 +320,13 @@ pub trait CertificateStore: Send + Sync {
     async fn revoke(&self, id: &str, rev: Revocation) -> Result<Option<Record>, StoreError>;
     /// Revoked certificates that have not expired by `now`.
     async fn revoked(&self, now: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// Retention: deletes up to `limit` records (with their tags) of
+    /// certificates that expired before `expired_before` (Unix seconds),
+    /// oldest first, in one short transaction; returns how many went. The
+    /// caller repeats while a full batch went. An engine shared by several
+    /// daemons lets one of them purge at a time (a lock taken without
+    /// waiting) and returns 0 to the others.
+    async fn purge_expired(&self, expired_before: i64, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// Certificate request resources and their renewal bookkeeping.
@@ -330,7 +344,8 @@ pub trait RequestStore: Send + Sync {
         request_id: &str,
         since_us: i64,
     ) -> Result<Option<RequestRow>, StoreError>;
-    /// Newest first.
+    /// Newest first; the filters (owner, state, labels) apply before the
+    /// cursor and the limit, so a page is full whenever more match.
     async fn list_requests(&self, q: RequestQuery) -> Result<Vec<RequestRow>, StoreError>;
     /// Requests whose `due_at` is at or before `now`, earliest first;
     /// requests that have never been issued come before renewals.
@@ -366,6 +381,24 @@ pub trait AuditStore: Send + Sync {
     async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
     /// Audit records after `after_seq`, in order.
     async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+    /// Where the kept log starts when retention has cut it; `None` while
+    /// the log is whole (it starts at seq 1 from the genesis hash).
+    async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>, StoreError>;
+    /// Retention: deletes up to `limit` of the oldest entries made before
+    /// `before_us` (Unix microseconds) — only a prefix of the log, never
+    /// its newest entry — and in the same transaction moves the checkpoint
+    /// to the oldest entry kept. Returns how many went; like
+    /// [`CertificateStore::purge_expired`], one daemon at a time on a
+    /// shared engine.
+    async fn cut_audit(&self, before_us: i64, limit: u32) -> Result<u64, StoreError>;
+}
+
+/// The start of an audit log that retention has cut: the oldest entry kept
+/// and the hash of its (deleted) predecessor, from which the chain verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub seq: i64,
+    pub prev_hash: String,
 }
 
 /// The last CRL signed, so numbering continues across restarts.

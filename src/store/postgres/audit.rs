@@ -7,13 +7,21 @@ use sqlx::Row;
 use super::{PgStore, corrupt, map_err};
 use crate::{
     audit::{AuditEntry, AuditRow},
-    store::{AuditStore, StoreError},
+    store::{AuditCheckpoint, AuditStore, StoreError},
 };
 
 #[async_trait]
 impl AuditStore for PgStore {
     async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.write(None, Some(entry)).await
+    }
+
+    async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>, StoreError> {
+        self.checkpoint().await
+    }
+
+    async fn cut_audit(&self, before_us: i64, limit: u32) -> Result<u64, StoreError> {
+        self.cut_audit_log(before_us, limit).await
     }
 
     async fn audit_log(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {

@@ -136,6 +136,10 @@ impl CertificateStore for PgStore {
         super::locks::acquire(&self.pool, key, wait).await
     }
 
+    async fn purge_expired(&self, expired_before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.purge_records(expired_before, limit).await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))

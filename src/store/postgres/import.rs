@@ -76,6 +76,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+            super::requests::insert_labels(&mut tx, &r.id, &r.labels).await?;
         }
         tx.commit().await.map_err(map_err)
     }
@@ -86,7 +87,8 @@ impl PgStore {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         for r in rows {
             sqlx::query(
-                "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO audit_log (seq, entry, prev_hash, hash, time_us) VALUES ($1, $2, \
+                 $3, $4, COALESCE(($2::json ->> 'time_us')::bigint, 0))",
             )
             .bind(r.seq)
             .bind(&r.entry)

@@ -5,7 +5,8 @@
 //! takes the work over; nothing has to expire first.
 //!
 //! Locks use PostgreSQL's two-key form: class 1 is the audit chain (a
-//! transaction lock, see the writer), class 2 these node locks. (sqlx's
+//! transaction lock, see the writer), class 2 these node locks, class 3
+//! retention's turn. (sqlx's
 //! migrator uses the one-key form, a separate space.)
 
 use sha2::{Digest, Sha256};
@@ -17,6 +18,8 @@ use crate::store::{NodeLock, StoreError};
 /// The audit chain's lock class (`pg_advisory_xact_lock(1, 0)`).
 pub(super) const AUDIT_CHAIN: i32 = 1;
 const NODE_LOCK: i32 = 2;
+/// Retention's turn (class 3: 0 records, 1 the audit log).
+pub(super) const RETENTION: i32 = 3;
 
 /// How often a waiting claim asks again.
 const POLL: std::time::Duration = std::time::Duration::from_millis(10);

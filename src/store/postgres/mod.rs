@@ -34,6 +34,7 @@ mod locks;
 pub mod notify;
 mod password;
 mod requests;
+mod retention;
 mod schema;
 mod writer;
 

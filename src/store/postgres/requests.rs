@@ -8,8 +8,11 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use super::{PgStore, certificates::insert_record, corrupt, map_err, notify::CHANNEL};
 use crate::store::{RequestChange, RequestQuery, RequestRow, RequestStore, Revocation, StoreError};
 
+/// The columns [`row`] reads, the labels as one JSON object.
 const COLUMNS: &str = "id, owner_uid, owner_gid, request_id, fingerprint, dup_key, names_key, \
-    state, due_at, create_time, resource";
+    state, due_at, create_time, resource, \
+    (SELECT COALESCE(json_object_agg(l.key, l.value), '{}'::json)::text \
+     FROM certificate_request_labels l WHERE l.request_id = certificate_requests.id) AS labels";
 
 fn row(r: &PgRow) -> Result<RequestRow, StoreError> {
     Ok(RequestRow {
@@ -24,7 +27,29 @@ fn row(r: &PgRow) -> Result<RequestRow, StoreError> {
         due_at: r.try_get("due_at").map_err(corrupt)?,
         create_time_us: r.try_get("create_time").map_err(corrupt)?,
         resource: r.try_get("resource").map_err(corrupt)?,
+        labels: serde_json::from_str(&r.try_get::<String, _>("labels").map_err(corrupt)?)
+            .map_err(|e| StoreError::Corrupt(format!("certificate request labels: {e}")))?,
     })
+}
+
+/// Adds `labels` to request `id`.
+pub(super) async fn insert_labels(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    for (k, v) in labels {
+        sqlx::query(
+            "INSERT INTO certificate_request_labels (request_id, key, value) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 async fn announce(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<(), StoreError> {
@@ -95,6 +120,7 @@ impl RequestStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        insert_labels(&mut tx, &r.id, &r.labels).await?;
         // The other nodes' workers hear of new work at once.
         announce(&mut tx, &r.id).await?;
         tx.commit().await.map_err(map_err)
@@ -142,6 +168,13 @@ impl RequestStore for PgStore {
         if q.state.is_some() {
             sql += &format!(" AND state = {}", next());
         }
+        for _ in &q.labels {
+            let (k, v) = (next(), next());
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM certificate_request_labels f WHERE \
+                 f.request_id = certificate_requests.id AND f.key = {k} AND f.value = {v})"
+            );
+        }
         sql += &super::newest_first_page(q.after.is_some(), &mut next);
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(uid) = q.owner_uid {
@@ -149,6 +182,9 @@ impl RequestStore for PgStore {
         }
         if let Some(state) = q.state {
             query = query.bind(i64::from(state));
+        }
+        for (k, v) in &q.labels {
+            query = query.bind(k.clone()).bind(v.clone());
         }
         if let Some((t, id)) = &q.after {
             query = query.bind(*t).bind(id.clone());
@@ -200,6 +236,12 @@ impl RequestStore for PgStore {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM certificate_request_labels WHERE request_id = $1")
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_labels(&mut tx, &r.id, &r.labels).await?;
         if let Some(rec) = &c.issued {
             insert_record(&mut tx, rec).await?;
         }

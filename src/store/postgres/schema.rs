@@ -85,12 +85,29 @@ CREATE TABLE crls (
     pem TEXT NOT NULL
 );
 CREATE SEQUENCE crl_number START 1;
+-- Certificate requests' labels, for list filters that run in the database.
+CREATE TABLE certificate_request_labels (
+    request_id TEXT NOT NULL REFERENCES certificate_requests (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (request_id, key)
+);
+CREATE INDEX certificate_request_labels_kv ON certificate_request_labels (key, value);
+-- Retention: records by expiry, audit entries by time, and where the kept
+-- audit log starts once its oldest entries are cut.
+CREATE INDEX certificates_expiry ON certificates (expire_time);
+ALTER TABLE audit_log ADD COLUMN time_us BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE audit_checkpoint (
+    id INT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL
+);
 ";
 
 fn migrations() -> Vec<Migration> {
     vec![Migration::new(
         1,
-        "certificates, requests, audit log and CRLs".into(),
+        "certificates, requests and their labels, audit log, CRLs, retention".into(),
         MigrationType::Simple,
         sqlx::SqlSafeStr::into_sql_str(MIGRATION_1),
         false,

@@ -152,11 +152,14 @@ pub(super) async fn append_audit(
         let next = chain_hash(&hash, &text);
         seq += 1;
         tracing::debug!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
-        sqlx::query("INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)")
-            .bind(seq)
-            .bind(&text)
-            .bind(&hash)
-            .bind(&next)
+        sqlx::query(
+            "INSERT INTO audit_log (seq, entry, prev_hash, hash, time_us) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(seq)
+        .bind(&text)
+        .bind(&hash)
+        .bind(&next)
+        .bind(entry.time_us)
             .execute(&mut **tx)
             .await
             .map_err(map_err)?;

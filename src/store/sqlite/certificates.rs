@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use base64::Engine;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction, any::AnyRow};
+use rusqlite::{Connection, Row, params, params_from_iter, types::Value};
 
 use super::{SqliteStore, map_err};
 use crate::{
@@ -21,62 +20,46 @@ const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns
     ip_addresses, profile, not_before, expire_time, create_time, request_id, fingerprint, \
     description, tags, revoke_time, revoke_reason, pem, reply";
 
-/// The one INSERT of a certificate record, shared by the group-commit
-/// writer (rusqlite, which binds `$N` by position) and the request path
-/// (sqlx).
-pub(super) const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (id, serial, owner_uid, \
-     owner_gid, owner_pid, subject, dns_names, uri_sans, ip_addresses, profile, not_before, \
-     expire_time, create_time, request_id, fingerprint, description, tags, pem, reply) VALUES ($1, \
-     $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
-pub(super) const INSERT_TAG: &str =
-    "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)";
-
-/// The reply column: base64 of the stored reply (text, which sqlx's `Any`
-/// rows can carry), empty when none is kept.
-pub(super) fn reply_column(reply: &[u8]) -> String {
-    if reply.is_empty() {
-        String::new()
-    } else {
-        base64::engine::general_purpose::STANDARD.encode(reply)
-    }
-}
-
-/// Inserts one certificate record (and its tags) inside `tx`.
-pub(super) async fn insert_record(
-    tx: &mut Transaction<'_, Any>,
-    r: &Record,
-) -> Result<(), StoreError> {
-    sqlx::query(INSERT_CERTIFICATE)
-        .bind(&r.id)
-        .bind(&r.serial)
-        .bind(i64::from(r.owner_uid))
-        .bind(i64::from(r.owner_gid))
-        .bind(r.owner_pid)
-        .bind(&r.subject)
-        .bind(json(&r.dns_names))
-        .bind(json(&r.uri_sans))
-        .bind(json(&r.ip_addresses))
-        .bind(&r.profile)
-        .bind(r.not_before)
-        .bind(r.expire_time)
-        .bind(r.create_time_us)
-        .bind(&r.request_id)
-        .bind(&r.fingerprint)
-        .bind(&r.description)
-        .bind(json(&r.tags))
-        .bind(&r.pem)
-        .bind(reply_column(&r.reply))
-        .execute(&mut **tx)
-        .await
+/// Inserts one certificate record (and its tags) inside the transaction
+/// `tx` (the writer's batch, or a certificate request's change).
+pub(super) fn insert_record(tx: &Connection, r: &Record) -> Result<(), StoreError> {
+    let mut cert = tx
+        .prepare_cached(
+            "INSERT INTO certificates (id, serial, owner_uid, owner_gid, owner_pid, subject, \
+             dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, create_time, \
+             request_id, fingerprint, description, tags, pem, reply) VALUES (?1, ?2, ?3, ?4, \
+             ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        )
+        .map_err(map_err)?;
+    cert.execute(params![
+        r.id,
+        r.serial,
+        r.owner_uid,
+        r.owner_gid,
+        r.owner_pid,
+        r.subject,
+        json(&r.dns_names),
+        json(&r.uri_sans),
+        json(&r.ip_addresses),
+        r.profile,
+        r.not_before,
+        r.expire_time,
+        r.create_time_us,
+        r.request_id,
+        r.fingerprint,
+        r.description,
+        json(&r.tags),
+        r.pem,
+        r.reply,
+    ])
+    .map_err(map_err)?;
+    let mut tag = tx
+        .prepare_cached(
+            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES (?1, ?2, ?3)",
+        )
         .map_err(map_err)?;
     for (k, v) in &r.tags {
-        sqlx::query(INSERT_TAG)
-            .bind(&r.id)
-            .bind(k)
-            .bind(v)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+        tag.execute(params![r.id, k, v]).map_err(map_err)?;
     }
     Ok(())
 }
@@ -89,50 +72,171 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str, col: &str) -> Result<T, St
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
-fn record(row: &AnyRow) -> Result<Record, StoreError> {
-    let get_s = |c: &str| {
-        row.try_get::<String, _>(c)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    let get_i = |c: &str| {
-        row.try_get::<i64, _>(c)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    let opt_i = |c: &str| {
-        row.try_get::<Option<i64>, _>(c)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    let revoked = match (opt_i("revoke_time")?, opt_i("revoke_reason")?) {
+/// A row of [`COLUMNS`], in that order.
+fn record(row: &Row) -> rusqlite::Result<Result<Record, StoreError>> {
+    let revoked = match (
+        row.get::<_, Option<i64>>(17)?,
+        row.get::<_, Option<i64>>(18)?,
+    ) {
         (Some(time), reason) => Some(Revocation {
             time,
             reason: reason.unwrap_or(0) as i32,
         }),
         _ => None,
     };
-    Ok(Record {
-        id: get_s("id")?,
-        serial: get_s("serial")?,
-        owner_uid: get_i("owner_uid")? as u32,
-        owner_gid: get_i("owner_gid")? as u32,
-        owner_pid: get_i("owner_pid")?,
-        subject: get_s("subject")?,
-        dns_names: from_json(&get_s("dns_names")?, "dns_names")?,
-        uri_sans: from_json(&get_s("uri_sans")?, "uri_sans")?,
-        ip_addresses: from_json(&get_s("ip_addresses")?, "ip_addresses")?,
-        profile: get_s("profile")?,
-        not_before: get_i("not_before")?,
-        expire_time: get_i("expire_time")?,
-        create_time_us: get_i("create_time")?,
-        request_id: get_s("request_id")?,
-        fingerprint: get_s("fingerprint")?,
-        description: get_s("description")?,
-        tags: from_json(&get_s("tags")?, "tags")?,
-        revoked,
-        pem: get_s("pem")?,
-        reply: base64::engine::general_purpose::STANDARD
-            .decode(get_s("reply")?)
-            .map_err(|e| StoreError::Corrupt(format!("reply: {e}")))?,
+    let (dns, uris, ips, tags): (String, String, String, String) =
+        (row.get(6)?, row.get(7)?, row.get(8)?, row.get(16)?);
+    let rec = |dns_names, uri_sans, ip_addresses, tags| -> rusqlite::Result<Record> {
+        Ok(Record {
+            id: row.get(0)?,
+            serial: row.get(1)?,
+            owner_uid: row.get(2)?,
+            owner_gid: row.get(3)?,
+            owner_pid: row.get(4)?,
+            subject: row.get(5)?,
+            dns_names,
+            uri_sans,
+            ip_addresses,
+            profile: row.get(9)?,
+            not_before: row.get(10)?,
+            expire_time: row.get(11)?,
+            create_time_us: row.get(12)?,
+            request_id: row.get(13)?,
+            fingerprint: row.get(14)?,
+            description: row.get(15)?,
+            tags,
+            revoked,
+            pem: row.get(19)?,
+            reply: row.get(20)?,
+        })
+    };
+    let parsed = (|| {
+        Ok((
+            from_json(&dns, "dns_names")?,
+            from_json(&uris, "uri_sans")?,
+            from_json(&ips, "ip_addresses")?,
+            from_json(&tags, "tags")?,
+        ))
+    })();
+    Ok(match parsed {
+        Ok((d, u, i, t)) => Ok(rec(d, u, i, t)?),
+        Err(e) => Err(e),
     })
+}
+
+/// The records `sql` selects (it selects [`COLUMNS`]) with `args`.
+fn records(conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<Record>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(map_err)?;
+    let rows = st
+        .query_map(params_from_iter(args), record)
+        .map_err(map_err)?;
+    rows.map(|r| r.map_err(map_err)?).collect()
+}
+
+fn get(conn: &Connection, id: &str) -> Result<Option<Record>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM certificates WHERE id = ?1");
+    Ok(records(conn, &sql, vec![Value::Text(id.to_owned())])?
+        .into_iter()
+        .next())
+}
+
+/// The SQL and arguments of a listing.
+fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
+    // Only placeholders are spliced into the text; every value is bound.
+    let mut sql = format!("SELECT {COLUMNS} FROM certificates c WHERE 1 = 1");
+    let mut args = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("?{n}")
+    };
+    if let Some(uid) = q.owner_uid {
+        sql += &format!(" AND owner_uid = {}", next());
+        args.push(Value::Integer(i64::from(uid)));
+    }
+    match q.state {
+        Some(StateFilter::Revoked) => sql += " AND revoke_time IS NOT NULL",
+        Some(StateFilter::Active) => {
+            sql += &format!(" AND revoke_time IS NULL AND expire_time > {}", next());
+            args.push(Value::Integer(q.now));
+        }
+        Some(StateFilter::Expired) => {
+            sql += &format!(" AND revoke_time IS NULL AND expire_time <= {}", next());
+            args.push(Value::Integer(q.now));
+        }
+        None => {}
+    }
+    for (k, v) in &q.tags {
+        let (pk, pv) = (next(), next());
+        sql += &format!(
+            " AND EXISTS (SELECT 1 FROM certificate_tags t WHERE t.cert_id = c.id \
+             AND t.tag_key = {pk} AND t.tag_value = {pv})"
+        );
+        args.push(Value::Text(k.clone()));
+        args.push(Value::Text(v.clone()));
+    }
+    sql += &super::newest_first_page(q.after.is_some(), &mut next);
+    if let Some((t, id)) = &q.after {
+        args.extend([
+            Value::Integer(*t),
+            Value::Integer(*t),
+            Value::Text(id.clone()),
+        ]);
+    }
+    args.push(Value::Integer(i64::from(q.limit)));
+    (sql, args)
+}
+
+/// Revokes the unrevoked certificate `serial` inside `tx`.
+pub(super) fn revoke_serial(
+    tx: &Connection,
+    serial: &str,
+    rev: Revocation,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE certificates SET revoke_time = ?1, revoke_reason = ?2 \
+         WHERE serial = ?3 AND revoke_time IS NULL",
+    )
+    .and_then(|mut st| st.execute(params![rev.time, rev.reason, serial]))
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn update_metadata(
+    tx: &Connection,
+    id: &str,
+    description: Option<String>,
+    tags: BTreeMap<String, String>,
+) -> Result<Option<Record>, StoreError> {
+    let Some(mut rec) = get(tx, id)? else {
+        return Ok(None);
+    };
+    if let Some(d) = description {
+        rec.description = d;
+    }
+    for (k, v) in tags {
+        tx.execute(
+            "DELETE FROM certificate_tags WHERE cert_id = ?1 AND tag_key = ?2",
+            params![id, k],
+        )
+        .map_err(map_err)?;
+        if v.is_empty() {
+            rec.tags.remove(&k);
+        } else {
+            tx.execute(
+                "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES (?1, ?2, ?3)",
+                params![id, k, v],
+            )
+            .map_err(map_err)?;
+            rec.tags.insert(k, v);
+        }
+    }
+    tx.execute(
+        "UPDATE certificates SET description = ?1, tags = ?2 WHERE id = ?3",
+        params![rec.description, json(&rec.tags), id],
+    )
+    .map_err(map_err)?;
+    Ok(Some(rec))
 }
 
 #[async_trait]
@@ -150,13 +254,8 @@ impl CertificateStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
-        row.as_ref().map(record).transpose()
+        let id = id.to_owned();
+        self.read(move |c| get(c, &id)).await
     }
 
     async fn by_request_id(
@@ -169,91 +268,49 @@ impl CertificateStore for SqliteStore {
         // SQLite can use certificates_request; without it the planner walks
         // the caller's records by create_time (a scan of all of them).
         let sql = format!(
-            "SELECT {COLUMNS} FROM certificates WHERE owner_uid = $1 AND request_id = $2 \
-             AND request_id <> '' AND create_time >= $3"
+            "SELECT {COLUMNS} FROM certificates WHERE owner_uid = ?1 AND request_id = ?2 \
+             AND request_id <> '' AND create_time >= ?3"
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(i64::from(owner_uid))
-            .bind(request_id)
-            .bind(since_us)
-            .fetch_optional(&self.pool)
+        let args = vec![
+            Value::Integer(i64::from(owner_uid)),
+            Value::Text(request_id.to_owned()),
+            Value::Integer(since_us),
+        ];
+        self.read(move |c| Ok(records(c, &sql, args)?.into_iter().next()))
             .await
-            .map_err(map_err)?;
-        row.as_ref().map(record).transpose()
     }
 
     async fn expire_request_ids(&self, before_us: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE certificates SET request_id = '' WHERE request_id <> '' AND create_time < $1",
-        )
-        .bind(before_us)
-        .execute(&self.pool)
+        self.exec(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE certificates SET request_id = '' \
+                     WHERE request_id <> '' AND create_time < ?1",
+                    params![before_us],
+                )
+                .map_err(map_err)?;
+            Ok(n as u64)
+        })
         .await
-        .map_err(map_err)?;
-        Ok(r.rows_affected())
     }
 
     async fn count_live(&self, owner_uid: u32, now: i64) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM certificates \
-             WHERE owner_uid = $1 AND revoke_time IS NULL AND expire_time > $2",
-        )
-        .bind(i64::from(owner_uid))
-        .bind(now)
-        .fetch_one(&self.pool)
+        self.read(move |c| {
+            let n: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM certificates \
+                     WHERE owner_uid = ?1 AND revoke_time IS NULL AND expire_time > ?2",
+                )
+                .and_then(|mut st| st.query_row(params![owner_uid, now], |r| r.get(0)))
+                .map_err(map_err)?;
+            Ok(n.max(0) as u64)
+        })
         .await
-        .map_err(map_err)?;
-        Ok(row
-            .try_get::<i64, _>("n")
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-            .max(0) as u64)
     }
 
     async fn list(&self, q: ListQuery) -> Result<Vec<Record>, StoreError> {
-        // Only placeholders are spliced into the text; every value is bound.
-        let mut sql = format!("SELECT {COLUMNS} FROM certificates c WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if q.owner_uid.is_some() {
-            sql += &format!(" AND owner_uid = {}", next());
-        }
-        match q.state {
-            Some(StateFilter::Revoked) => sql += " AND revoke_time IS NOT NULL",
-            Some(StateFilter::Active) => {
-                sql += &format!(" AND revoke_time IS NULL AND expire_time > {}", next())
-            }
-            Some(StateFilter::Expired) => {
-                sql += &format!(" AND revoke_time IS NULL AND expire_time <= {}", next())
-            }
-            None => {}
-        }
-        for _ in &q.tags {
-            let (k, v) = (next(), next());
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM certificate_tags t WHERE t.cert_id = c.id AND t.tag_key = {k} AND t.tag_value = {v})"
-            );
-        }
-        sql += &super::newest_first_page(q.after.is_some(), &mut next);
-
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        if let Some(uid) = q.owner_uid {
-            query = query.bind(i64::from(uid));
-        }
-        if matches!(q.state, Some(StateFilter::Active | StateFilter::Expired)) {
-            query = query.bind(q.now);
-        }
-        for (k, v) in &q.tags {
-            query = query.bind(k.clone()).bind(v.clone());
-        }
-        if let Some((t, id)) = &q.after {
-            query = query.bind(*t).bind(*t).bind(id.clone());
-        }
-        query = query.bind(i64::from(q.limit));
-        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
-        rows.iter().map(record).collect()
+        let (sql, args) = list_sql(&q);
+        self.read(move |c| records(c, &sql, args)).await
     }
 
     async fn update_metadata(
@@ -262,94 +319,50 @@ impl CertificateStore for SqliteStore {
         description: Option<String>,
         tags: BTreeMap<String, String>,
     ) -> Result<Option<Record>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE id = $1");
-        let Some(row) = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let id = id.to_owned();
+        self.exec(move |tx| update_metadata(tx, &id, description, tags))
             .await
-            .map_err(map_err)?
-        else {
-            return Ok(None);
-        };
-        let mut rec = record(&row)?;
-        if let Some(d) = description {
-            rec.description = d;
-        }
-        for (k, v) in tags {
-            if v.is_empty() {
-                rec.tags.remove(&k);
-                sqlx::query("DELETE FROM certificate_tags WHERE cert_id = $1 AND tag_key = $2")
-                    .bind(id)
-                    .bind(k)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            } else {
-                sqlx::query("DELETE FROM certificate_tags WHERE cert_id = $1 AND tag_key = $2")
-                    .bind(id)
-                    .bind(k.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                sqlx::query("INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(k.clone())
-                    .bind(v.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                rec.tags.insert(k, v);
-            }
-        }
-        sqlx::query("UPDATE certificates SET description = $1, tags = $2 WHERE id = $3")
-            .bind(rec.description.clone())
-            .bind(json(&rec.tags))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(Some(rec))
     }
 
     async fn revoke(&self, id: &str, rev: Revocation) -> Result<Option<Record>, StoreError> {
-        sqlx::query(
-            "UPDATE certificates SET revoke_time = $1, revoke_reason = $2 WHERE id = $3 AND revoke_time IS NULL",
-        )
-        .bind(rev.time)
-        .bind(i64::from(rev.reason))
-        .bind(id)
-        .execute(&self.pool)
+        let id = id.to_owned();
+        self.exec(move |tx| {
+            tx.execute(
+                "UPDATE certificates SET revoke_time = ?1, revoke_reason = ?2 \
+                 WHERE id = ?3 AND revoke_time IS NULL",
+                params![rev.time, rev.reason, id],
+            )
+            .map_err(map_err)?;
+            get(tx, &id)
+        })
         .await
-        .map_err(map_err)?;
-        self.get(id).await
     }
 
     async fn revoked(&self, now: i64) -> Result<Vec<RevokedEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT serial, revoke_time, revoke_reason FROM certificates \
-             WHERE revoke_time IS NOT NULL AND expire_time > $1 ORDER BY revoke_time, serial",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedEntry {
-                    serial: r
-                        .try_get("serial")
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    time: r
-                        .try_get("revoke_time")
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    reason: r
-                        .try_get::<Option<i64>, _>("revoke_reason")
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                        .unwrap_or(0) as i32,
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT serial, revoke_time, revoke_reason FROM certificates \
+                     WHERE revoke_time IS NOT NULL AND expire_time > ?1 \
+                     ORDER BY revoke_time, serial",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![now], |r| {
+                    Ok(RevokedEntry {
+                        serial: r.get(0)?,
+                        time: r.get(1)?,
+                        reason: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as i32,
+                    })
                 })
-            })
-            .collect()
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, expired_before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.exec(move |tx| super::retention::purge_records(tx, expired_before, limit))
+            .await
     }
 }

@@ -1,6 +1,6 @@
 //! The store's schema version, read without changing anything: what
 //! `hsmca config check` reports before a start. `serve` runs the pending
-//! migrations itself (sqlx's migrator, in `schema.rs`); this only looks.
+//! migrations itself (`schema.rs`); this only looks.
 //!
 //! Looking must not write. A read-only SQLite connection to a database in
 //! WAL mode still creates `hsmca.db-wal` and `hsmca.db-shm` when they are
@@ -24,8 +24,8 @@ use crate::store::StoreError;
 pub const DB_FILE: &str = "hsmca.db";
 
 /// The newest schema this build knows: the number of the last migration in
-/// `schema.rs` (a test keeps the two in step).
-pub const SCHEMA_VERSION: i64 = 3;
+/// `schema.rs`.
+pub const SCHEMA_VERSION: i64 = super::schema::LATEST;
 
 /// What the store's schema says about starting this build on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,32 +67,42 @@ pub fn inspect(state_dir: &Path) -> Result<SchemaState, StoreError> {
     .map_err(unavailable)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(unavailable)?;
-    let has_table: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-            [],
+    let has_table = |name: &str| -> Result<bool, StoreError> {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
             |r| r.get(0),
         )
-        .map_err(unavailable)?;
-    if !has_table {
+        .map_err(unavailable)
+    };
+    let version = if has_table("schema_migrations")? {
+        conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+    } else if has_table("_sqlx_migrations")? {
+        // A store from before the schema record was hsmca's own.
+        let mut stmt = conn
+            .prepare("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
+            .map_err(unavailable)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        if let Some((version, _)) = rows.iter().find(|(_, ok)| !ok) {
+            return Ok(SchemaState::Dirty {
+                path,
+                version: *version,
+            });
+        }
+        rows.last().map_or(0, |(v, _)| *v)
+    } else {
         // An empty file (or one whose first migration never ran).
         return Ok(SchemaState::Older { path, version: 0 });
-    }
-    let mut stmt = conn
-        .prepare("SELECT version, success FROM _sqlx_migrations ORDER BY version")
-        .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
-        .map_err(unavailable)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
-    if let Some((version, _)) = rows.iter().find(|(_, ok)| !ok) {
-        return Ok(SchemaState::Dirty {
-            path,
-            version: *version,
-        });
-    }
-    let version = rows.last().map_or(0, |(v, _)| *v);
+    };
     Ok(match version.cmp(&SCHEMA_VERSION) {
         std::cmp::Ordering::Equal => SchemaState::Current { path },
         std::cmp::Ordering::Less => SchemaState::Older { path, version },
@@ -208,6 +218,16 @@ mod tests {
         assert!(matches!(
             inspect(dir.path()).unwrap(),
             SchemaState::Dirty { version: 2, .. }
+        ));
+        // Once hsmca keeps its own record, that record is the version.
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, description TEXT, \
+             applied_at BIGINT); INSERT INTO schema_migrations VALUES (5, 'x', 0);",
+        )
+        .unwrap();
+        assert!(matches!(
+            inspect(dir.path()).unwrap(),
+            SchemaState::Older { version: 5, .. }
         ));
     }
 

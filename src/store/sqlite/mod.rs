@@ -1,17 +1,19 @@
-//! The SQLite store. Certificate records and audit entries go through one
-//! writer thread that commits them in batches (group commit, see
-//! [`writer`]): every waiting insert shares the next transaction, and each
-//! caller hears back only after that transaction is durable. Everything
-//! else (reads, revocations, certificate requests) goes through sqlx's
-//! pool. SQLite runs in WAL mode with `synchronous=FULL`, so a commit
-//! survives power loss.
+//! The SQLite store, on rusqlite alone. One writer thread owns the only
+//! read-write connection: it commits certificate records and audit entries
+//! in batches (group commit, see [`writer`]) and runs every other write in
+//! a transaction of its own between batches. Reads go to a few read-only
+//! connections on tokio's blocking threads ([`readers`]). SQLite runs in
+//! WAL mode with `synchronous=FULL`, so a commit survives power loss.
+//!
+//! Why rusqlite rather than sqlx: the group commit needs a connection on a
+//! thread of its own, called directly (sqlx's per-statement hand-offs cost
+//! five thread wake-ups per commit, BENCHMARKS.md), and with the writer on
+//! rusqlite, a second client crate for the reads meant two statements of
+//! each INSERT, two error mappings and, through sqlx's `Any` driver,
+//! replies stored as base64 text. rusqlite binds BLOBs as they are.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::path::Path;
 
-use sqlx::{
-    AnyPool,
-    any::{AnyConnectOptions, AnyPoolOptions},
-};
 use tokio::sync::oneshot;
 
 use super::{Record, StoreError};
@@ -21,7 +23,9 @@ mod audit;
 mod certificates;
 mod crl;
 pub mod inspect;
+mod readers;
 mod requests;
+mod retention;
 mod schema;
 mod writer;
 
@@ -30,8 +34,8 @@ mod tests;
 
 /// The embedded SQLite store (`state_dir/hsmca.db`).
 pub struct SqliteStore {
-    pool: AnyPool,
-    writer: flume::Sender<writer::Pending>,
+    readers: readers::Readers,
+    writer: flume::Sender<writer::Job>,
     /// Certificate records announced and not yet committed.
     announced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -40,50 +44,51 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-pub(super) fn map_err(e: sqlx::Error) -> StoreError {
-    if let Some(db) = e.as_database_error()
-        && db.is_unique_violation()
-    {
-        return StoreError::Duplicate;
+/// A value that does not read back as written.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation
+                && matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+        {
+            StoreError::Duplicate
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => corrupt(e),
+        _ => unavailable(e),
     }
-    unavailable(e)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the SQLite store `state_dir/hsmca.db` and
-    /// runs pending migrations.
+    /// runs pending migrations; refuses a schema newer than this build's.
     pub async fn open_sqlite(state_dir: &Path) -> Result<Self, StoreError> {
+        let state_dir = state_dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&state_dir))
+            .await
+            .map_err(unavailable)?
+    }
+
+    fn open_blocking(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
-        let path = state_dir.join("hsmca.db");
-        let conn = writer::open(&path)?;
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        sqlx::any::install_default_drivers();
-        let opts = AnyConnectOptions::from_str(&url).map_err(unavailable)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    // WAL is already set (writer::open) and persists.
-                    for pragma in [
-                        "PRAGMA synchronous = FULL",
-                        "PRAGMA busy_timeout = 5000",
-                        "PRAGMA foreign_keys = ON",
-                    ] {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await
-            .map_err(unavailable)?;
-        schema::migrate(&pool).await?;
+        let path = state_dir.join(inspect::DB_FILE);
+        let mut conn = writer::open(&path)?;
+        schema::migrate(&mut conn, &path)?;
+        let readers = readers::Readers::open(&path)?;
         let announced = std::sync::Arc::default();
         let writer = writer::start(conn, std::sync::Arc::clone(&announced))?;
         Ok(Self {
-            pool,
+            readers,
             writer,
             announced,
         })
@@ -97,16 +102,43 @@ impl SqliteStore {
         audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.writer
-            .send_async(writer::Pending {
-                record,
-                audit,
-                done,
-            })
-            .await
-            .map_err(|_| unavailable("the store writer has stopped"))?;
+        self.send(writer::Job::Insert(writer::Pending {
+            record,
+            audit,
+            done,
+        }))
+        .await?;
         rx.await
             .map_err(|_| unavailable("the store writer has stopped"))?
+    }
+
+    /// Runs `f` in a transaction of its own on the writer's connection and
+    /// commits it (rolls back if `f` fails).
+    async fn exec<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done, rx) = oneshot::channel();
+        self.send(writer::exec_job(f, done)).await?;
+        rx.await
+            .map_err(|_| unavailable("the store writer has stopped"))?
+    }
+
+    async fn send(&self, job: writer::Job) -> Result<(), StoreError> {
+        self.writer
+            .send_async(job)
+            .await
+            .map_err(|_| unavailable("the store writer has stopped"))
+    }
+
+    /// Runs `f` on a reader connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.readers.read(f).await
     }
 }
 

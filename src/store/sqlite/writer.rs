@@ -1,15 +1,19 @@
-//! The group-commit writer: one thread that owns one SQLite connection and
-//! commits certificate records and audit entries in batches. Every job
-//! waiting when a commit starts shares that transaction, and each caller
-//! hears back only after it is durable (WAL, `synchronous=FULL`).
+//! The writer: one thread that owns the store's only read-write
+//! connection. Certificate records and audit entries are committed in
+//! batches (group commit): every insert waiting when a commit starts shares
+//! that transaction, and each caller hears back only after it is durable
+//! (WAL, `synchronous=FULL`). Every other write (revocations, certificate
+//! requests, the CRL, retention) runs here too, each in a transaction of
+//! its own between batches, so SQLite never sees two writers competing for
+//! its lock.
 //!
-//! Why its own thread and rusqlite rather than sqlx: through sqlx every
-//! statement of a commit (BEGIN, the INSERTs, COMMIT) was a round trip
-//! through a channel to sqlx's SQLite thread and back to the runtime, so a
-//! lone request paid five thread wake-ups for its commit (BENCHMARKS.md).
-//! Here the statements are plain calls on prepared, cached statements, and
-//! the only hand-offs are a job's arrival and its answer. The thread blocks
-//! on SQLite (fsync) without holding up the async runtime.
+//! Why a thread of its own with plain rusqlite calls: through an async
+//! driver every statement of a commit (BEGIN, the INSERTs, COMMIT) was a
+//! round trip through a channel to the driver's thread and back to the
+//! runtime, so a lone request paid five thread wake-ups for its commit
+//! (BENCHMARKS.md). Here the statements are calls on prepared, cached
+//! statements, and the only hand-offs are a job's arrival and its answer.
+//! The thread blocks on SQLite (fsync) without holding up the async runtime.
 
 use std::{
     path::Path,
@@ -20,13 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, ErrorCode, params};
+use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
-use super::{
-    certificates::{INSERT_CERTIFICATE, INSERT_TAG, json, reply_column},
-    unavailable,
-};
+use super::{certificates::insert_record, map_err, unavailable};
 use crate::{
     audit::{AuditEntry, GENESIS, chain_hash},
     store::{Record, StoreError},
@@ -46,20 +47,33 @@ pub(super) struct Pending {
     pub done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-fn map_err(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == ErrorCode::ConstraintViolation
-                && matches!(
-                    f.extended_code,
-                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                ) =>
-        {
-            StoreError::Duplicate
-        }
-        _ => unavailable(e),
-    }
+/// A write other than a record or audit entry: runs in a transaction of
+/// its own, which it commits itself.
+pub(super) type Exec = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// What the writer is asked to do. Most jobs are inserts, moved once into
+/// the queue: boxing them would cost an allocation per certificate.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Job {
+    Insert(Pending),
+    Exec(Exec),
+}
+
+/// Runs `f` in one transaction on the writer's connection and commits it
+/// when `f` succeeds (rolls back when it fails). The answer goes to `done`.
+pub(super) fn exec_job<T, F>(f: F, done: oneshot::Sender<Result<T, StoreError>>) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction) -> Result<T, StoreError> + Send + 'static,
+{
+    Job::Exec(Box::new(move |conn: &mut Connection| {
+        let r = conn.transaction().map_err(map_err).and_then(|tx| {
+            let out = f(&tx)?;
+            tx.commit().map_err(map_err)?;
+            Ok(out)
+        });
+        let _ = done.send(r);
+    }))
 }
 
 /// Opens the writer's connection to the SQLite file at `path`, creating it
@@ -68,6 +82,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
 /// would otherwise make one side wait out SQLite's busy handler.
 pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
          PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
@@ -81,7 +96,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
 pub(super) fn start(
     conn: Connection,
     announced: Arc<AtomicUsize>,
-) -> Result<flume::Sender<Pending>, StoreError> {
+) -> Result<flume::Sender<Job>, StoreError> {
     // One writer per store: it holds the audit chain's head. (Several
     // daemons sharing one database would need the head read under a lock
     // in each transaction; the embedded store has one daemon.)
@@ -98,18 +113,46 @@ pub(super) fn start(
 /// has one head: `head` is the last committed (seq, hash).
 fn run(
     mut conn: Connection,
-    rx: flume::Receiver<Pending>,
+    rx: flume::Receiver<Job>,
     mut head: (i64, String),
     announced: &AtomicUsize,
 ) {
     let m = crate::metrics::metrics();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut execs = Vec::new();
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        gather(&rx, &mut batch, announced);
+        sort(first, &mut batch, &mut execs);
+        for job in rx.try_iter().take(MAX_BATCH - 1) {
+            sort(job, &mut batch, &mut execs);
+        }
+        gather(&rx, &mut batch, &mut execs, announced);
+        if !batch.is_empty() {
+            head = commit_batch(&mut conn, &mut batch, head, m);
+        }
+        for exec in execs.drain(..) {
+            exec(&mut conn);
+        }
+    }
+}
+
+fn sort(job: Job, batch: &mut Vec<Pending>, execs: &mut Vec<Exec>) {
+    match job {
+        Job::Insert(p) => batch.push(p),
+        Job::Exec(e) => execs.push(e),
+    }
+}
+
+/// Commits `batch` (emptying it) and answers its jobs; returns the audit
+/// log's head after it.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Pending>,
+    mut head: (i64, String),
+    m: &crate::metrics::Metrics,
+) -> (i64, String) {
+    {
         let started = Instant::now();
-        match commit(&mut conn, &batch, &head) {
+        match commit(conn, batch, &head) {
             Ok(new_head) => {
                 head = new_head;
                 m.store_commit_seconds
@@ -125,36 +168,44 @@ fn run(
                 // The commit may have failed after all or part of it landed:
                 // take the head from the store. One bad record must not fail
                 // its neighbours, so each job is retried alone.
-                head = audit_head(&conn).unwrap_or(head);
+                head = audit_head(conn).unwrap_or(head);
                 for p in batch.drain(..) {
-                    let r = commit(&mut conn, std::slice::from_ref(&p), &head);
+                    let r = commit(conn, std::slice::from_ref(&p), &head);
                     let r = r.map(|new_head| head = new_head);
                     let _ = p.done.send(r);
                 }
             }
             Err(e) => {
-                head = audit_head(&conn).unwrap_or(head);
+                head = audit_head(conn).unwrap_or(head);
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(e.clone()));
                 }
             }
         }
     }
+    head
 }
 
 /// Waits up to [`GATHER`] for records that were announced (their
 /// certificates are being signed) to join the batch, so that they share its
 /// fsync instead of each paying for a commit of its own. A lone request
 /// (nothing else announced) does not wait.
-fn gather(rx: &flume::Receiver<Pending>, batch: &mut Vec<Pending>, announced: &AtomicUsize) {
+/// Other writes that arrive meanwhile wait for the batch's commit.
+fn gather(
+    rx: &flume::Receiver<Job>,
+    batch: &mut Vec<Pending>,
+    execs: &mut Vec<Exec>,
+    announced: &AtomicUsize,
+) {
     let deadline = Instant::now() + GATHER;
     let mut records = batch.iter().filter(|p| p.record.is_some()).count();
     while batch.len() < MAX_BATCH && records < announced.load(Ordering::Relaxed) {
         match rx.recv_deadline(deadline) {
-            Ok(p) => {
+            Ok(Job::Insert(p)) => {
                 records += usize::from(p.record.is_some());
                 batch.push(p);
             }
+            Ok(Job::Exec(e)) => execs.push(e),
             Err(_) => break,
         }
     }
@@ -183,38 +234,13 @@ fn commit(
     head: &(i64, String),
 ) -> Result<(i64, String), StoreError> {
     let tx = conn.transaction().map_err(map_err)?;
-    let mut cert = tx.prepare_cached(INSERT_CERTIFICATE).map_err(map_err)?;
-    let mut tag = tx.prepare_cached(INSERT_TAG).map_err(map_err)?;
     for r in jobs.iter().filter_map(|j| j.record.as_ref()) {
-        cert.execute(params![
-            r.id,
-            r.serial,
-            r.owner_uid,
-            r.owner_gid,
-            r.owner_pid,
-            r.subject,
-            json(&r.dns_names),
-            json(&r.uri_sans),
-            json(&r.ip_addresses),
-            r.profile,
-            r.not_before,
-            r.expire_time,
-            r.create_time_us,
-            r.request_id,
-            r.fingerprint,
-            r.description,
-            json(&r.tags),
-            r.pem,
-            reply_column(&r.reply),
-        ])
-        .map_err(map_err)?;
-        for (k, v) in &r.tags {
-            tag.execute(params![r.id, k, v]).map_err(map_err)?;
-        }
+        insert_record(&tx, r)?;
     }
     let mut audit = tx
         .prepare_cached(
-            "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO audit_log (seq, time_us, entry, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .map_err(map_err)?;
     let (mut seq, mut hash) = head.clone();
@@ -227,11 +253,11 @@ fn commit(
         // "refused certificate", …); the chain position only at debug.
         tracing::debug!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
         audit
-            .execute(params![seq, text, hash, next])
+            .execute(params![seq, entry.time_us, text, hash, next])
             .map_err(map_err)?;
         hash = next;
     }
-    drop((cert, tag, audit));
+    drop(audit);
     tx.commit().map_err(map_err)?;
     Ok((seq, hash))
 }
@@ -240,7 +266,11 @@ fn commit(
 mod tests {
     use super::*;
 
-    fn job(record: bool) -> Pending {
+    fn job(record: bool) -> Job {
+        Job::Insert(pending(record))
+    }
+
+    fn pending(record: bool) -> Pending {
         let (done, _) = oneshot::channel();
         let rec = Record {
             id: "x".into(),
@@ -277,29 +307,31 @@ mod tests {
         for _ in 0..4 {
             tx.send(job(true)).unwrap();
         }
+        let mut execs = Vec::new();
         // Three records announced, one in hand: two more are taken, the
         // fourth stays queued for the next commit.
-        let mut batch = vec![job(true)];
-        gather(&rx, &mut batch, &AtomicUsize::new(3));
+        let mut batch = vec![pending(true)];
+        gather(&rx, &mut batch, &mut execs, &AtomicUsize::new(3));
         assert_eq!(batch.len(), 3);
         assert_eq!(rx.len(), 2);
         // Nothing more announced than in hand: no wait, nothing taken.
-        let mut batch = vec![job(true)];
-        gather(&rx, &mut batch, &AtomicUsize::new(1));
+        let mut batch = vec![pending(true)];
+        gather(&rx, &mut batch, &mut execs, &AtomicUsize::new(1));
         assert_eq!(batch.len(), 1);
         assert_eq!(rx.len(), 2);
         // Audit-only jobs do not count as the announced records.
-        let mut batch = vec![job(false)];
-        gather(&rx, &mut batch, &AtomicUsize::new(1));
+        let mut batch = vec![pending(false)];
+        gather(&rx, &mut batch, &mut execs, &AtomicUsize::new(1));
         assert_eq!(batch.len(), 2);
     }
 
     #[test]
     fn an_announced_record_that_never_comes_costs_at_most_the_gathering_time() {
-        let (_tx, rx) = flume::unbounded::<Pending>();
-        let mut batch = vec![job(true)];
+        let (_tx, rx) = flume::unbounded::<Job>();
+        let mut execs = Vec::new();
+        let mut batch = vec![pending(true)];
         let started = Instant::now();
-        gather(&rx, &mut batch, &AtomicUsize::new(5));
+        gather(&rx, &mut batch, &mut execs, &AtomicUsize::new(5));
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() >= GATHER);
     }
