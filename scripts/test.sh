@@ -189,7 +189,8 @@ pg_dir=$(mktemp -d /tmp/hsmca-pg-suite.XXXXXX)
 trap 'scripts/pg-test-server.sh stop "$pg_dir" >/dev/null 2>&1 || true; rm -rf -- "$pg_dir"' EXIT
 scripts/pg-test-server.sh start "$pg_dir"
 HSMCA_TEST_POSTGRES=$pg_dir/sockets cargo test --test records --test requests \
-    --test policy --test lifecycle --test issue "$@" -- --skip a_full_disk
+    --test policy --test lifecycle --test issue --test retention --test request_labels \
+    "$@" -- --skip a_full_disk
 scripts/pg-test-server.sh stop "$pg_dir"
 
 step "the Debian package: build, lintian, dpkg -i, checks, dpkg -r/-P (scripts/package-test.sh)"

@@ -897,3 +897,64 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
         .arg(ca.config()));
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_count_every_node_and_rates_are_per_node() {
+    let pg = PgServer::start();
+    let (ca, _db) = ca_on(&pg);
+    ca.set_policy(
+        r#"
+[[policy.rules]]
+name = "limited"
+uids = [0]
+common_names = ["**"]
+max_live = 6
+rate = 0.01
+burst = 2
+"#,
+    );
+    let mut a = Node::new(&ca, "node1");
+    let mut b = Node::new(&ca, "node2");
+    a.start(&ca);
+    b.start(&ca);
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let ask = |n: &Node, cn: &str| {
+        let r = req(&key, cn);
+        let socket = n.socket();
+        async move {
+            hsmca::proto::certificate_authority_client::CertificateAuthorityClient::new(
+                hsmca::cli::client::connect(&socket).await.unwrap(),
+            )
+            .generate_client_certificate(r)
+            .await
+        }
+    };
+    // The rate is per daemon: a burst of 2 on each node, then both refuse.
+    for n in [&a, &b] {
+        for i in 0..2 {
+            ask(n, &format!("{}-{i}", n.name)).await.unwrap();
+        }
+        let e = ask(n, "over-rate").await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("rate"), "{}", e.message());
+    }
+    a.stop();
+    b.stop();
+
+    // The quota counts both nodes' certificates: with the rate lifted, 4
+    // live already, two more fit (on either node), then none on any node.
+    ca.set_policy(
+        "[[policy.rules]]\nname = \"limited\"\nuids = [0]\ncommon_names = [\"**\"]\nmax_live = 6\n",
+    );
+    a.start(&ca);
+    b.start(&ca);
+    ask(&a, "fifth").await.unwrap();
+    ask(&b, "sixth").await.unwrap();
+    for n in [&a, &b] {
+        let e = ask(n, "seventh").await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("max_live = 6"), "{}", e.message());
+    }
+    a.stop();
+    b.stop();
+}
