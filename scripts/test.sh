@@ -8,7 +8,8 @@
 # Steps: cargo fmt --check; cargo clippy --all-targets -- -D warnings;
 # scripts/check-modules.py (the module graph's rules); the shipped build
 # (cargo build, no test features) for tests/shipped_build.rs;
-# cargo test --all-targets ARGS; the Debian package built from the dev
+# cargo test --all-targets ARGS; the suites that touch the store once more
+# against a private PostgreSQL server (scripts/pg-test-server.sh); the Debian package built from the dev
 # build, linted, installed, checked and purged (scripts/package-test.sh;
 # changes this machine); then every fuzz target for
 # HSMCA_FUZZ_SECONDS each (default 10, unoptimised build; 0 only replays
@@ -71,7 +72,9 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # gnutls-bin: certtool, the third verifier of the conformance matrix.
 # lintian and man-db: the package test checks the .deb and its man page.
 missing=()
-for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd gnutls-bin lintian man-db; do
+# postgresql: the PostgreSQL store's suites start private servers with its
+# initdb/pg_ctl (no system service is used).
+for p in softhsm2 opensc openssl libengine-pkcs11-openssl systemd gnutls-bin lintian man-db postgresql; do
     pkg_installed "$p" || missing+=("$p")
 done
 # The Rust toolchain needs a C compiler/linker; libFuzzer (fuzz/) is C++.
@@ -175,6 +178,20 @@ export HSMCA_SHIPPED_BIN=$repo/target/shipped/hsmca
 
 step "cargo test --all-targets $*"
 cargo test --all-targets "$@"
+
+# The suites that touch the store, again with every daemon on a database of
+# its own on a private PostgreSQL server (initdb in a temporary directory,
+# a Unix socket directory of its own, stopped at the end). The multi-node
+# suite (tests/nodes.rs) starts its own servers and ran above. Tests of
+# SQLite's own file (a full disk under it) are left out of this pass.
+step "the store-touching suites against PostgreSQL"
+pg_dir=$(mktemp -d /tmp/hsmca-pg-suite.XXXXXX)
+trap 'scripts/pg-test-server.sh stop "$pg_dir" >/dev/null 2>&1 || true; rm -rf -- "$pg_dir"' EXIT
+scripts/pg-test-server.sh start "$pg_dir"
+HSMCA_TEST_POSTGRES=$pg_dir/sockets cargo test --test records --test requests \
+    --test policy --test lifecycle --test issue --test retention --test request_labels \
+    "$@" -- --skip a_full_disk
+scripts/pg-test-server.sh stop "$pg_dir"
 
 step "the Debian package: build, lintian, dpkg -i, checks, dpkg -r/-P (scripts/package-test.sh)"
 scripts/package-test.sh

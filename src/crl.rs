@@ -91,20 +91,33 @@ impl CrlPublisher {
         }
     }
 
-    /// The CRL to hand out: the last one made, unless it has passed the
-    /// middle of its validity (then a new one is made first).
+    /// The CRL to hand out: the newest in the store (another daemon sharing
+    /// it may have signed one after a revocation it recorded), unless it
+    /// has passed the middle of its validity (then a new one is made first).
     pub async fn current(&self) -> Result<Arc<CrlRecord>, CrlError> {
-        if let Some(c) = self.current.read().await.clone()
+        let cached = self.current.read().await.clone();
+        match self.store.last_crl().await {
+            Ok(Some(stored)) => {
+                let newer = cached.as_ref().is_none_or(|c| stored.number > c.number);
+                if newer && !self.stale(&stored) {
+                    let stored = Arc::new(stored);
+                    *self.current.write().await = Some(stored.clone());
+                    return Ok(stored);
+                }
+            }
+            Ok(None) => {}
+            // The store is away: the CRL in hand is still valid to serve.
+            Err(e) => {
+                return match cached {
+                    Some(c) if !self.stale(&c) => Ok(c),
+                    _ => Err(e.into()),
+                };
+            }
+        }
+        if let Some(c) = cached
             && !self.stale(&c)
         {
             return Ok(c);
-        }
-        if let Some(stored) = self.store.last_crl().await? {
-            let stored = Arc::new(stored);
-            if !self.stale(&stored) {
-                *self.current.write().await = Some(stored.clone());
-                return Ok(stored);
-            }
         }
         self.publish().await
     }
@@ -117,7 +130,7 @@ impl CrlPublisher {
     /// Makes, signs and stores a new CRL from the store's revocations.
     pub async fn publish(&self) -> Result<Arc<CrlRecord>, CrlError> {
         let _one_at_a_time = self.making.lock().await;
-        let number = self.store.last_crl().await?.map_or(1, |c| c.number + 1);
+        let number = self.store.next_crl_number().await?;
         let now = unix_now();
         let this_update = UNIX_EPOCH + Duration::from_secs(now as u64);
         let next_update = this_update + self.validity;

@@ -525,16 +525,39 @@ async fn audit_verify_names_the_first_bad_record() {
     ] {
         let copy = ca.path(&format!("state-{what}"));
         std::fs::create_dir_all(&copy).unwrap();
-        // The store is closed: its file (and any WAL) copy as is.
-        for f in std::fs::read_dir(&state).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
-        }
-        let db = rusqlite::Connection::open(copy.join("hsmca.db")).unwrap();
-        db.execute_batch(sql).unwrap();
-        assert!(db.changes() > 0, "{what}");
-        drop(db);
-        let out = verify(&copy);
+        let out = if let Some(pg) = common::postgres::PgServer::shared() {
+            // The same tampering on a copy of the PostgreSQL database.
+            let url = ca
+                .env
+                .iter()
+                .find(|(k, _)| k == "HSMCA_STATE__DATABASE")
+                .unwrap()
+                .1
+                .clone();
+            let db = url.split('/').nth(3).unwrap().split('?').next().unwrap();
+            let copy_db = format!("{db}_{what}");
+            pg.psql(
+                "postgres",
+                &format!("CREATE DATABASE {copy_db} TEMPLATE {db}"),
+            );
+            pg.psql(&copy_db, sql);
+            run(ca
+                .hsmca()
+                .env("HSMCA_STATE__DATABASE", pg.url(&copy_db))
+                .args(["audit", "verify", "--config"])
+                .arg(ca.config()))
+        } else {
+            // The store is closed: its file (and any WAL) copy as is.
+            for f in std::fs::read_dir(&state).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+            }
+            let db = rusqlite::Connection::open(copy.join("hsmca.db")).unwrap();
+            db.execute_batch(sql).unwrap();
+            assert!(db.changes() > 0, "{what}");
+            drop(db);
+            verify(&copy)
+        };
         assert!(!out.status.success(), "{what} went unnoticed");
         let err = stderr(&out);
         assert!(err.contains(expect), "{what}: {err}");

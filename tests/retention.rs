@@ -11,11 +11,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Ca, KeyPair, run, run_ok};
-use hsmca::{
-    audit::AuditEntry,
-    proto::ListClientCertificatesRequest,
-    store::{AuditStore, CertificateStore, Record, sqlite::SqliteStore},
-};
+use hsmca::{audit::AuditEntry, proto::ListClientCertificatesRequest, store::Record};
 
 fn now() -> i64 {
     SystemTime::now()
@@ -85,7 +81,10 @@ async fn a_short_retention_deletes_old_records_and_audit_entries_and_the_chain_v
     // Before the daemon ever ran: audit entries from three hours ago, and
     // records of certificates expired two hours, ten minutes ago.
     {
-        let store = SqliteStore::open_sqlite(&ca.path("state")).await.unwrap();
+        // The daemon's own store, whichever engine the suite runs on.
+        let env: std::collections::HashMap<String, String> = ca.env.iter().cloned().collect();
+        let cfg = hsmca::config::Config::load_with_env(&ca.config(), &env).unwrap();
+        let store = hsmca::store::open(&cfg.state).await.unwrap();
         for i in 0..5 {
             store
                 .audit(AuditEntry {

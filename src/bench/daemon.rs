@@ -139,11 +139,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bed: &Testbed) -> CliResult<Self> {
-        let log = bed.path("daemon.log");
+        Self::start_at(bed, &bed.socket(), &bed.path("daemon.log"))
+    }
+
+    /// One of several daemons of `bed`: its own socket and log.
+    pub fn start_at(bed: &Testbed, socket: &Path, log: &Path) -> CliResult<Self> {
+        let log = log.to_owned();
         let file = std::fs::File::create(&log)?;
         let t0 = Instant::now();
         let child = bed
             .hsmca()
+            .env("HSMCA_SERVER__SOCKET", socket)
             .args(["serve", "--config"])
             .arg(bed.config())
             .stdin(Stdio::null())
@@ -158,7 +164,7 @@ impl Daemon {
         };
         let deadline = t0 + Duration::from_secs(60);
         loop {
-            if std::os::unix::net::UnixStream::connect(bed.socket()).is_ok() {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 d.ready = t0.elapsed();
                 return Ok(d);
             }

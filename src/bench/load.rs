@@ -98,8 +98,51 @@ pub async fn run(
     seconds: f64,
     keep_ids: usize,
 ) -> CliResult<(LoadResult, Vec<String>)> {
+    let cpu = || daemon.cpu_us();
+    let spread = Spread {
+        sockets: &[socket.to_owned()],
+        cpu: &cpu,
+        peak_rss_kib: &|| daemon.vm_kib("VmHWM"),
+    };
+    let (r, ids, _) = run_spread(spread, work, clients, warmup, seconds, keep_ids).await?;
+    Ok((r, ids))
+}
+
+/// Several daemons behind one load: the clients go round-robin over the
+/// sockets; `cpu` is the daemons' CPU time (µs) and `other_cpu` anything
+/// else measured in the same window (a database server), per operation.
+pub struct Spread<'a> {
+    pub sockets: &'a [std::path::PathBuf],
+    pub cpu: &'a dyn Fn() -> CliResult<f64>,
+    pub peak_rss_kib: &'a dyn Fn() -> CliResult<u64>,
+}
+
+/// [`run`] over several sockets; also returns `other_cpu` (µs) per
+/// operation when given.
+pub async fn run_spread(
+    spread: Spread<'_>,
+    work: Work,
+    clients: usize,
+    warmup: Duration,
+    seconds: f64,
+    keep_ids: usize,
+) -> CliResult<(LoadResult, Vec<String>, f64)> {
+    run_measured(spread, None, work, clients, warmup, seconds, keep_ids).await
+}
+
+/// [`run_spread`] measuring `other_cpu` (µs) in the window too.
+pub async fn run_measured(
+    spread: Spread<'_>,
+    other_cpu: Option<&dyn Fn() -> CliResult<f64>>,
+    work: Work,
+    clients: usize,
+    warmup: Duration,
+    seconds: f64,
+    keep_ids: usize,
+) -> CliResult<(LoadResult, Vec<String>, f64)> {
     let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for i in 0..clients {
+        let socket = &spread.sockets[i % spread.sockets.len().max(1)];
         conns.push(CertificateAuthorityClient::new(connect(socket).await?));
     }
     let start = Instant::now() + Duration::from_millis(20);
@@ -120,10 +163,13 @@ pub async fn run(
         ));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = daemon.cpu_us()?;
+    let other = || other_cpu.map_or(Ok(0.0), |f| f());
+    let cpu0 = (spread.cpu)()?;
+    let other0 = other()?;
     let t0 = Instant::now();
     tokio::time::sleep_until(end.into()).await;
-    let cpu1 = daemon.cpu_us()?;
+    let cpu1 = (spread.cpu)()?;
+    let other1 = other()?;
     let elapsed = t0.elapsed().as_secs_f64();
     let mut ok = 0;
     let mut errors = 0;
@@ -151,9 +197,10 @@ pub async fn run(
             per_s: ok as f64 / elapsed,
             latency: Latency::of(latencies),
             daemon_cpu_us_per_op: (cpu1 - cpu0) / ok.max(1) as f64,
-            daemon_peak_rss_kib: daemon.vm_kib("VmHWM")?,
+            daemon_peak_rss_kib: (spread.peak_rss_kib)()?,
         },
         ids,
+        (other1 - other0) / ok.max(1) as f64,
     ))
 }
 

@@ -15,6 +15,7 @@ pub mod peer;
 pub mod raw;
 pub mod report;
 pub mod request_list;
+pub mod stores;
 pub mod wave;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -74,6 +75,14 @@ pub struct BenchArgs {
     /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
     #[arg(long, default_value_t = 200)]
     pub csr_burst: usize,
+    /// `postgres`: compare issuance with the store in SQLite and in a
+    /// private PostgreSQL server (one daemon, and `--nodes` daemons on one
+    /// token), instead of the usual runs. Uses the first of `--keys`.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub store: String,
+    /// Daemons sharing the PostgreSQL store (with `--store postgres`).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Path of softhsm-setup/setup.sh (default: found from the working
     /// directory, the source tree, or the binary's location).
     #[arg(long)]
@@ -103,6 +112,14 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     }
     let wave_n = args.wave.unwrap_or(if args.quick { 500 } else { 2000 });
     let peer_runs = args.peer_runs.unwrap_or(if args.quick { 10 } else { 30 });
+    if args.store == "postgres" {
+        return stores::run(&args, &setup, seconds).await;
+    }
+    if args.nodes > 1 {
+        return Err(
+            "--nodes needs --store postgres: several daemons never share one SQLite file".into(),
+        );
+    }
     let load_before = daemon::load_average();
     let mut results = Vec::new();
     for key in &args.keys {

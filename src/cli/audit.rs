@@ -9,7 +9,7 @@ use super::{CliResult, client::write_out};
 use crate::{
     audit::{AuditEntry, GENESIS, verify_rows},
     config::Config,
-    store::{AuditStore, sqlite::SqliteStore},
+    store::Store,
 };
 
 /// Records read per query.
@@ -47,17 +47,17 @@ pub struct VerifyArgs {
 
 /// The daemon's store; refuses a state directory without one rather than
 /// creating an empty store that would verify as "intact".
-async fn open(config: &std::path::Path) -> CliResult<SqliteStore> {
+async fn open(config: &std::path::Path) -> CliResult<std::sync::Arc<dyn Store>> {
     let cfg = Config::load(config)?;
     let db = cfg.state.dir.join("hsmca.db");
-    if !db.is_file() {
+    if cfg.state.database()? == crate::config::Database::Sqlite && !db.is_file() {
         return Err(format!(
             "no store at {} (is state.dir right, and has the daemon run?)",
             db.display()
         )
         .into());
     }
-    Ok(SqliteStore::open_sqlite(&cfg.state.dir).await?)
+    Ok(crate::store::open(&cfg.state).await?)
 }
 
 fn line(seq: i64, e: &AuditEntry) -> String {

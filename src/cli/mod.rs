@@ -13,6 +13,7 @@ pub mod records;
 pub mod requests;
 pub mod serve;
 pub mod status;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -81,6 +82,9 @@ pub enum Command {
     /// The audit log: every signature and every refusal, hash-chained.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The store itself: copy a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Measure issuance against the token's own signing rate, on a fresh
     /// token and a daemon started for the purpose (see BENCHMARKS.md).
     Bench(Box<crate::bench::BenchArgs>),
@@ -185,6 +189,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Request(cmd) => requests::run(cmd).await,
         Command::Status(args) => status::status(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Store(cmd) => store::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
         Command::GenerateDocs { dir } => docs::generate(&dir),

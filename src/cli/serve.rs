@@ -24,7 +24,6 @@ use crate::{
         socket::{self, Activated, BoundSocket, SocketFile},
     },
     signing::{DigestSigner, SignError, SignatureScheme},
-    store::sqlite::SqliteStore,
     systemd::{self as sd, Probe},
     token::{
         CaKey, KeySelector, Token,
@@ -281,7 +280,8 @@ async fn serve_with(
     self_test(&pool, &ca).await?;
     let token_state = pool.state();
     sd::status("opening the store");
-    let store = Arc::new(SqliteStore::open_sqlite(&cfg.state.dir).await?);
+    let store = crate::store::open(&cfg.state).await?;
+    let store_state = store.readiness();
     let probe_pool = pool.clone();
     let issuer = Arc::new(
         Issuer::new(
@@ -316,6 +316,8 @@ async fn serve_with(
     // Held in a JoinSet so that every way out of here stops it.
     let mut worker = tokio::task::JoinSet::new();
     worker.spawn(requests.clone().run_worker());
+    // Changes other daemons sharing the store make reach this one's watchers.
+    worker.spawn(requests.clone().follow_changes());
     // Deletes records and audit entries older than state.retention.
     worker.spawn(crate::store::retention::run(
         store.clone(),
@@ -352,7 +354,11 @@ async fn serve_with(
     let opts = ServeOptions {
         max_request_bytes: cfg.server.max_request_bytes,
         in_flight: in_flight.clone(),
-        readiness: Some(token_state),
+        // Health follows the token and, when it can go away, the store.
+        readiness: Some(match store_state {
+            Some(s) => server::health::both_ready(token_state, s),
+            None => token_state,
+        }),
         limits: cfg.server.limits(),
     };
     raise_fd_limit(cfg.server.max_connections);

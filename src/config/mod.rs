@@ -23,7 +23,7 @@ pub use self::{
     policy::{PolicyConfig, RuleConfig},
     requests::RequestsConfig,
     server::{Limits, MetricsConfig, ServerConfig},
-    state::{LogConfig, LogFormat, StateConfig},
+    state::{Database, LogConfig, LogFormat, StateConfig},
     token::{KeyType, TokenConfig, TokenLocator},
 };
 

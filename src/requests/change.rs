@@ -28,6 +28,7 @@ impl Requests {
             ));
         }
         let _locked = self.ids.lock(id.to_owned()).await;
+        let _claimed = self.claim(id, true).await?;
         let (mut row, mut r) = self.owned(peer, id).await?;
         let old = r.spec.clone().unwrap_or_default();
         let (new, csr_changed) = merged(&old, given);
@@ -105,6 +106,7 @@ impl Requests {
         id: &str,
     ) -> Result<CertificateRequest, RequestError> {
         let _locked = self.ids.lock(id.to_owned()).await;
+        let _claimed = self.claim(id, true).await?;
         let (row, mut r) = self.visible(peer, id, true).await?;
         if state_of(&r) == State::Failed {
             return Err(RequestError::Precondition(format!(
@@ -140,6 +142,7 @@ impl Requests {
             .into());
         }
         let _locked = self.ids.lock(id.to_owned()).await;
+        let _claimed = self.claim(id, true).await?;
         let (_, r) = self.visible(peer, id, true).await?;
         let serials: Vec<String> = r
             .status

@@ -44,7 +44,9 @@ impl Requests {
         let _one_at_a_time = if request_id.is_empty() {
             None
         } else {
-            Some(self.creates.lock((peer.uid, request_id.clone())).await)
+            let local = self.creates.lock((peer.uid, request_id.clone())).await;
+            let key = format!("create request_id {} {request_id}", peer.uid);
+            Some((local, self.store.lock_across_nodes(&key, true).await?))
         };
         if let Some(earlier) = self.replay(peer, &request_id, &fingerprint).await? {
             return Ok(earlier);

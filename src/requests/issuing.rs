@@ -32,8 +32,16 @@ fn operation(renewal: bool) -> &'static str {
 impl Requests {
     /// Does whatever is due on request `id`: the first issue, a re-issue
     /// after a new CSR, or a renewal.
-    pub(super) async fn process(&self, id: &str) -> Result<(), RequestError> {
+    /// `Ok(false)`: another daemon sharing the store is working on it.
+    pub(super) async fn process(&self, id: &str) -> Result<bool, RequestError> {
         let _locked = self.ids.lock(id.to_owned()).await;
+        let Some(_claimed) = self.claim(id, false).await? else {
+            return Ok(false);
+        };
+        self.process_claimed(id).await.map(|()| true)
+    }
+
+    async fn process_claimed(&self, id: &str) -> Result<(), RequestError> {
         let Some(mut row) = self.store.get_request(id).await? else {
             return Ok(());
         };

@@ -7,6 +7,7 @@
 
 mod change;
 mod create;
+mod follow;
 mod issuing;
 pub mod spec;
 pub mod watch;
@@ -30,7 +31,7 @@ use crate::{
     peer::Peer,
     policy::{Authorizer, PolicyError},
     proto::{CertificateRequest, certificate_request_status::State},
-    store::{RequestChange, RequestQuery, RequestRow, Store, StoreError},
+    store::{NodeLock, RequestChange, RequestQuery, RequestRow, Store, StoreError},
     time::unix_now,
 };
 
@@ -286,6 +287,16 @@ impl Requests {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Claims request `id` against the other daemons sharing the store
+    /// (see [`crate::store::CertificateStore::lock_across_nodes`]); the
+    /// caller already holds its lock in this daemon.
+    async fn claim(&self, id: &str, wait: bool) -> Result<Option<NodeLock>, RequestError> {
+        Ok(self
+            .store
+            .lock_across_nodes(&format!("certificate request {id}"), wait)
+            .await?)
     }
 
     pub async fn watch(&self, peer: Peer, id: &str) -> Result<WatchRequest, RequestError> {

@@ -44,6 +44,27 @@ impl WatchHub {
         }
     }
 
+    /// Hands `state` to the request's watchers unless they have it already
+    /// (a change this daemon made and published comes back from the store).
+    pub fn publish_if_changed(&self, state: &CertificateRequest) {
+        let mut channels = self.channels();
+        if let Some(tx) = channels.get(&state.id) {
+            if tx.receiver_count() == 0 {
+                channels.remove(&state.id);
+            } else if tx.borrow().as_ref() != state {
+                tx.send_replace(Arc::new(state.clone()));
+            }
+        }
+    }
+
+    pub fn is_watched(&self, id: &str) -> bool {
+        self.channels().contains_key(id)
+    }
+
+    pub fn watched_ids(&self) -> Vec<String> {
+        self.channels().keys().cloned().collect()
+    }
+
     /// A stream of `current`, then every state published for it, ending
     /// with NOT_FOUND when the request is deleted.
     pub fn subscribe(self: &Arc<Self>, current: CertificateRequest) -> WatchRequest {

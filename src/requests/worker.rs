@@ -54,12 +54,20 @@ impl Requests {
                 let this = self.clone();
                 let id = row.id.clone();
                 jobs.spawn(async move {
-                    if let Err(e) = this.process(&id).await {
-                        tracing::warn!(id = %id, error = %e, "certificate request work failed; will retry");
-                        let retry = unix_now() + this.cfg.retry_after.as_secs() as i64;
-                        this.backoff_map().insert(id.clone(), retry);
-                    } else {
-                        this.backoff_map().remove(&id);
+                    match this.process(&id).await {
+                        Err(e) => {
+                            tracing::warn!(id = %id, error = %e, "certificate request work failed; will retry");
+                            let retry = unix_now() + this.cfg.retry_after.as_secs() as i64;
+                            this.backoff_map().insert(id.clone(), retry);
+                        }
+                        Ok(true) => {
+                            this.backoff_map().remove(&id);
+                        }
+                        // Another daemon has it; look again in a moment
+                        // (it may die before it is done).
+                        Ok(false) => {
+                            this.backoff_map().insert(id.clone(), unix_now() + 1);
+                        }
                     }
                     drop(permit);
                     this.wake.notify_one();

@@ -29,3 +29,35 @@ pub async fn follow_signer(
         }
     }
 }
+
+/// One readiness from two (the signer's and the store's): ready while both
+/// are.
+pub fn both_ready(
+    mut a: watch::Receiver<Readiness>,
+    mut b: watch::Receiver<Readiness>,
+) -> watch::Receiver<Readiness> {
+    fn now(a: &mut watch::Receiver<Readiness>, b: &mut watch::Receiver<Readiness>) -> Readiness {
+        let (a, b) = (*a.borrow_and_update(), *b.borrow_and_update());
+        if a == Readiness::Ready && b == Readiness::Ready {
+            Readiness::Ready
+        } else {
+            Readiness::Unavailable
+        }
+    }
+    let (tx, rx) = watch::channel(now(&mut a, &mut b));
+    tokio::spawn(async move {
+        loop {
+            let changed = tokio::select! {
+                r = a.changed() => r,
+                r = b.changed() => r,
+                _ = tx.closed() => return,
+            };
+            if changed.is_err() {
+                return;
+            }
+            let state = now(&mut a, &mut b);
+            tx.send_if_modified(|s| std::mem::replace(s, state) != state);
+        }
+    });
+    rx
+}

@@ -177,6 +177,12 @@ impl CaService {
         }
         let fingerprint = hex::encode(Sha256::digest(req.encode_to_vec()));
         let _one_at_a_time = self.locks.lock((peer.uid, request_id.clone())).await;
+        // Daemons sharing the store take turns too: the second one to get
+        // here replays what the first recorded (one certificate, one signature).
+        let _one_node_at_a_time = self
+            .store
+            .lock_across_nodes(&format!("request_id {} {request_id}", peer.uid), true)
+            .await?;
         let since = unix_us(SystemTime::now() - self.retention);
         if let Some(rec) = self
             .store

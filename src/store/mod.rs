@@ -3,8 +3,11 @@
 //! the request_id index makes retries safe; revocations feed the CRL.
 //!
 //! [`Store`] is the seam for storage engines; [`sqlite::SqliteStore`] is the
-//! embedded SQLite store.
+//! embedded SQLite store, [`postgres::PgStore`] the PostgreSQL store that
+//! several daemons share. [`open`] picks one from `state.database`.
 
+pub mod copy;
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 
@@ -19,8 +22,40 @@ use crate::{
     time::{unix_secs, unix_us},
 };
 
-/// A certificate record. Times are Unix seconds, except `create_time_us`
-/// (microseconds: the listing order).
+/// Opens the store `state.database` names (SQLite in `state.dir` by
+/// default). The only place that picks an engine.
+pub async fn open(
+    state: &crate::config::StateConfig,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    use crate::config::Database;
+    let db = state
+        .database()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(match db {
+        Database::Sqlite => {
+            std::sync::Arc::new(sqlite::SqliteStore::open_sqlite(&state.dir).await?)
+        }
+        Database::Postgres(url) => std::sync::Arc::new(postgres::PgStore::open(&url, state).await?),
+    })
+}
+
+/// A claim on work that must happen once across the daemons sharing a
+/// store (see [`CertificateStore::lock_across_nodes`]); released when
+/// dropped, or by the database when the daemon holding it dies.
+pub struct NodeLock(#[allow(dead_code)] Option<Box<dyn Send + Sync>>);
+
+impl NodeLock {
+    /// No claim is needed: this daemon is the store's only user.
+    pub fn local() -> Self {
+        Self(None)
+    }
+
+    /// A claim that lasts while `guard` lives.
+    pub fn held(guard: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+}
+
 /// A notice from [`Store::announce_insert`]: counted while it lives.
 pub struct Announced(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
 
@@ -236,6 +271,23 @@ pub trait CertificateStore: Send + Sync {
     fn announce_insert(&self) -> Announced {
         Announced(None)
     }
+    /// Claims `key` against the other daemons sharing this store, for work
+    /// that must happen once (one issue per request_id, one renewal per
+    /// due time). `wait`: until the claim is free; otherwise `None` when
+    /// another daemon holds it. A store with one daemon needs no claim
+    /// (its callers serialize in memory).
+    async fn lock_across_nodes(
+        &self,
+        _key: &str,
+        _wait: bool,
+    ) -> Result<Option<NodeLock>, StoreError> {
+        Ok(Some(NodeLock::local()))
+    }
+    /// Whether the store can be reached, for health checks; `None`: it is
+    /// embedded and always there while the daemon runs.
+    fn readiness(&self) -> Option<tokio::sync::watch::Receiver<crate::signing::Readiness>> {
+        None
+    }
     /// Commits `record` and its audit entry in one transaction.
     async fn insert_audited(
         &self,
@@ -313,6 +365,13 @@ pub trait RequestStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Times of the renewals of `names_key` at or after `since`, oldest first.
     async fn renewals_since(&self, names_key: &str, since: i64) -> Result<Vec<i64>, StoreError>;
+    /// Ids of requests changed by other daemons sharing the store (and by
+    /// this one), so their watchers hear of it; an empty id: changes may
+    /// have been missed, look again at everything watched. `None`: this
+    /// daemon makes every change itself.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }
 
 /// The hash-chained audit log.
@@ -345,6 +404,11 @@ pub struct AuditCheckpoint {
 /// The last CRL signed, so numbering continues across restarts.
 #[async_trait]
 pub trait CrlStore: Send + Sync {
+    /// The number of the next CRL to sign: never handed out twice, greater
+    /// than every number before it.
+    async fn next_crl_number(&self) -> Result<i64, StoreError> {
+        Ok(self.last_crl().await?.map_or(1, |c| c.number + 1))
+    }
     async fn last_crl(&self) -> Result<Option<CrlRecord>, StoreError>;
     async fn save_crl(&self, crl: CrlRecord) -> Result<(), StoreError>;
 }

@@ -475,7 +475,7 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
         .map_err(TokenError::from_ck)?;
     let mut matching = Vec::new();
     for slot in slots {
-        let info = ctx.get_token_info(slot).map_err(TokenError::from_ck)?;
+        let info = token_info(ctx, slot)?;
         if info.label().trim_end() == label {
             matching.push(slot);
         }
@@ -487,6 +487,25 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
             label: label.to_owned(),
             count: many.len(),
         }),
+    }
+}
+
+/// C_GetTokenInfo, asked again after a general error: SoftHSM2 answers
+/// CKR_GENERAL_ERROR now and then while another process on the same token
+/// directory is writing its token file (two daemons starting together).
+fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, TokenError> {
+    let mut tries = 0;
+    loop {
+        match ctx.get_token_info(slot) {
+            Ok(info) => return Ok(info),
+            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _))
+                if tries < 5 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(TokenError::from_ck(e)),
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! with openssl and pkilint.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod nodes;
+pub mod postgres;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -68,6 +71,11 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Whether the suites run against PostgreSQL (see postgres::SHARED_ENV).
+pub fn on_postgres() -> bool {
+    std::env::var_os(postgres::SHARED_ENV).is_some()
+}
+
 /// One token directory with a config, a CA, and optionally a running daemon.
 pub struct Ca {
     pub dir: tempfile::TempDir,
@@ -106,6 +114,12 @@ impl Ca {
             ),
             ("HSMCA_CA__KEY_TYPE".to_string(), key_type.to_string()),
         ];
+        // The suites run against PostgreSQL too: a database of its own on
+        // the shared server (see postgres::SHARED_ENV).
+        if let Some(pg) = postgres::PgServer::shared() {
+            let db = pg.create_db();
+            env.push(("HSMCA_STATE__DATABASE".into(), pg.url(&db)));
+        }
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Self {
             dir,
