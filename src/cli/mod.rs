@@ -12,6 +12,7 @@ pub mod init;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod serve_workload;
 pub mod status;
 
 use std::path::PathBuf;
