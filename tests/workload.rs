@@ -595,3 +595,49 @@ ttl = "24s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A connection whose `connect()` was made by a process that has exited
+/// (and been reaped) before the call is sent: SO_PEERCRED names a dead PID.
+async fn connection_of_an_exited_process(sock: &Path) -> tonic::transport::Channel {
+    use rustix::net::{AddressFamily, SocketType, socket};
+    let fd = socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    // The child inherits the descriptor, connects it, and exits.
+    let flags = rustix::io::fcntl_getfd(&fd).unwrap();
+    rustix::io::fcntl_setfd(&fd, flags - rustix::io::FdFlags::CLOEXEC).unwrap();
+    let n = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    run_ok(Command::new(python()).arg("-c").arg(format!(
+        "import socket; s = socket.socket(fileno={n}); s.connect({:?}); s.detach()",
+        sock.to_str().unwrap()
+    )));
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true).unwrap();
+    let stream = std::sync::Mutex::new(Some(tokio::net::UnixStream::from_std(std_stream).unwrap()));
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let s = stream.lock().unwrap().take();
+            async move {
+                s.map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("used once"))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_that_exited_gets_nothing() {
+    let ca = Ca::started("p256");
+    let sock = ca.path("workload.sock");
+    let mut c = SpiffeWorkloadApiClient::new(connection_of_an_exited_process(&sock).await);
+    let err = c.fetch_x509svid(with_header()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("has exited"), "{err:?}");
+    assert_eq!(metric(&ca, "hsmca_workload_svids_issued_total").await, 0.0);
+    assert_eq!(
+        metric(&ca, "hsmca_workload_attestation_refusals_total").await,
+        1.0
+    );
+    // A live caller still gets its SVID.
+    assert_eq!(client(&sock, &["raw"])["code"], "OK");
+}
