@@ -641,3 +641,69 @@ async fn a_caller_that_exited_gets_nothing() {
     // A live caller still gets its SVID.
     assert_eq!(client(&sock, &["raw"])["code"], "OK");
 }
+
+fn plan(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_token_outage_keeps_the_current_svid_and_signing_is_retried() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+retry_after = "200ms"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "6s"
+"#,
+    );
+    let control = ca.path("faults");
+    plan(&control, "# none\n");
+    ca.env
+        .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));
+    ca.start();
+    let sock = ca.path("workload.sock");
+
+    // The token is away before the first SVID: UNAVAILABLE, clients retry.
+    plan(&control, "# 1\nfault * DEVICE_ERROR for=4s\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let first = client(&sock, &["raw"]);
+    assert_eq!(first["code"], "UNAVAILABLE", "{first}");
+    // Once it is back, the retried signature arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client(&sock, &["raw"]);
+        if r["code"] == "OK" {
+            break;
+        }
+        assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "no SVID after the token came back"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A watching workload keeps its SVID through an outage that spans a
+    // rotation, and gets new ones after it.
+    let script = repo().join("tests/workload_client.py");
+    let watcher = Command::new(python())
+        .arg(script)
+        .arg(&sock)
+        .args(["rotate", "3", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failures_before = metric(&ca, "hsmca_workload_svid_failures_total").await;
+    plan(&control, "# 2\nfault * DEVICE_ERROR for=5s\n");
+    let out = watcher.wait_with_output().unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["serials"].as_array().unwrap().len(), 3, "{seen}");
+    assert!(metric(&ca, "hsmca_workload_svid_failures_total").await > failures_before);
+}
