@@ -707,3 +707,55 @@ ttl = "6s"
     assert_eq!(seen["serials"].as_array().unwrap().len(), 3, "{seen}");
     assert!(metric(&ca, "hsmca_workload_svid_failures_total").await > failures_before);
 }
+
+#[tokio::test]
+async fn a_stream_that_never_reads_holds_up_nobody() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "4s"
+"#,
+    );
+    ca.start();
+    let sock = ca.path("workload.sock");
+    // A raw HTTP/2 client with a one-byte stream window that never reads:
+    // the daemon cannot send it even its first message.
+    let io = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let (h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/SpiffeWorkloadAPI/FetchX509SVID")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = h2c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stuck = resp.into_body();
+    // Meanwhile another workload of the same identity sees every rotation.
+    let got = client(&sock, &["rotate", "3", "15"]);
+    assert_eq!(got["serials"].as_array().unwrap().len(), 3, "{got}");
+    // The stuck stream is still there (the other client's has ended).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ca, "hsmca_workload_streams").await != 1.0 {
+        assert!(Instant::now() < deadline, "the stuck stream is not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
+    conn.abort();
+}
