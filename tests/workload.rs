@@ -217,6 +217,17 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json[0]["spiffe_id"], "spiffe://hsmca.test/user/root");
     assert!(!json.to_string().contains("PRIVATE KEY"));
+    let entries = run_ok(
+        ca.hsmca()
+            .args(["workload", "entries", "--config"])
+            .arg(ca.config()),
+    );
+    let entries = String::from_utf8_lossy(&entries.stdout);
+    assert!(
+        entries.contains("[0] every caller -> spiffe://hsmca.test/user/{user} ttl 1h key p256")
+            && entries.contains("root (uid 0): spiffe://hsmca.test/user/root"),
+        "{entries}"
+    );
 
     // No private key in the state directory, the store or the log.
     let key_pem = std::fs::read_to_string(out.join("svid.key")).unwrap();
@@ -585,6 +596,7 @@ ttl = "24s"
         wave(250).await;
     }
     let after_10k = rss_kib(pid);
+    eprintln!("daemon RSS after 1,000 streams: {after_1k} KiB; after 10,000: {after_10k} KiB");
     assert!(
         after_10k < after_1k + 16 * 1024,
         "RSS grew from {after_1k} KiB to {after_10k} KiB"

@@ -121,7 +121,7 @@ def main():
         source = X509Source(socket_path=sock, timeout_in_seconds=20)
 
         def note():
-            s = format(source.svid.leaf.serial_number, "x")
+            s = format(source.get_x509_context().default_svid.leaf.serial_number, "x")
             with lock:
                 if s not in seen:
                     seen.append(s)
