@@ -237,6 +237,23 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
         .collect();
     let key_der = base64_decode(&key_b64);
     ca.stop();
+    // The SVID's signature is in the audit log like every other.
+    let audit = run_ok(
+        ca.hsmca()
+            .args(["audit", "list", "--json", "--config"])
+            .arg(ca.config()),
+    );
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let serial = records[0]["serial_number"].as_str().unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"operation\":\"workload svid\"")
+                && l.contains("URI:spiffe://hsmca.test/user/root")
+                && l.contains(serial)
+                && l.contains("\"profile\":\"svid\"")),
+        "{audit}"
+    );
     let mut looked = 0;
     for path in files_under(&ca.path("state"))
         .into_iter()
@@ -333,9 +350,14 @@ uid = 1
 [[workload.entries]]
 spiffe_id = "spiffe://hsmca.test/group/daemon"
 group = "daemon"
-hint = "second"
+hint = "{hint}"
 "#,
-            sock.display()
+            sock.display(),
+            hint = if with_nobody {
+                "second"
+            } else {
+                "second, changed"
+            },
         )
     };
     let mut ca = with_workload(&entries(true));
@@ -384,7 +406,16 @@ hint = "second"
         client_as(Some(65534), &sock, &["raw"])["code"],
         "PERMISSION_DENIED"
     );
-    assert_eq!(client_as(Some(1), &sock, &["raw"])["code"], "OK");
+    // A changed entry gives a new SVID; an unchanged one keeps its own.
+    let hints = client_as(Some(1), &sock, &["hints"]);
+    assert_eq!(
+        hints["result"],
+        serde_json::json!([
+            ["spiffe://hsmca.test/daemon", ""],
+            ["spiffe://hsmca.test/group/daemon", "second, changed"]
+        ]),
+        "{hints}"
+    );
     assert!(metric(&ca, "hsmca_workload_denied_total").await >= 5.0);
 }
 

@@ -8,6 +8,7 @@ Usage: python workload_client.py SOCKET COMMAND [ARGS]
                      svid.pem (chain), svid.key (PKCS#8 PEM), bundle.pem and
                      crl.der (the first CRL of the raw response); prints JSON
   raw [--no-header]  one FetchX509SVID call: the code and message, or the IDs
+  hints              one FetchX509SVID call: [[ID, hint], ...]
   bundles-raw        one FetchX509Bundles call: the code and message
   jwt                FetchJWTSVID with the header: the code
   rotate N SECONDS   an X509Source; prints the distinct serials it saw
@@ -92,6 +93,13 @@ def main():
         def call():
             r = next(stub(sock).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=md, timeout=20))
             return [s.spiffe_id for s in r.svids]
+
+        print(json.dumps(code_of(call)))
+    elif cmd == "hints":
+
+        def call():
+            r = next(stub(sock).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=20))
+            return [[s.spiffe_id, s.hint] for s in r.svids]
 
         print(json.dumps(code_of(call)))
     elif cmd == "bundles-raw":
