@@ -324,6 +324,33 @@ ttl = "4s"
         issued >= 3.0 && rotated == issued - 1.0,
         "{issued} {rotated}"
     );
+
+    // `hsmca workload fetch --watch` rewrites its files at each rotation.
+    let dir = ca.path("watched");
+    let mut watch = ca
+        .hsmca()
+        .args(["workload", "fetch", "--watch", "--socket"])
+        .arg(&sock)
+        .arg("--out-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 2 {
+        if let Ok(pem) = std::fs::read(dir.join("svid.pem")) {
+            seen.insert(pem);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--watch wrote {} SVIDs",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }
 
 #[tokio::test]
