@@ -183,6 +183,7 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
     let no_header = client(&sock, &["bundles-raw", "--no-header"]);
     assert_eq!(no_header["code"], "INVALID_ARGUMENT");
     assert_eq!(client(&sock, &["jwt"])["code"], "UNIMPLEMENTED");
+    assert_eq!(client(&sock, &["wit"])["code"], "UNIMPLEMENTED");
     let again = client(&sock, &["raw"]);
     assert_eq!(again["code"], "OK");
     assert_eq!(
