@@ -33,3 +33,4 @@ pub mod systemd;
 pub mod time;
 pub mod token;
 pub mod verify;
+pub mod workload;

@@ -12,8 +12,10 @@ pub mod init;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod serve_workload;
 pub mod status;
 pub mod store;
+pub mod workload;
 
 use std::path::PathBuf;
 
@@ -85,6 +87,10 @@ pub enum Command {
     /// The store itself: copy a SQLite store into PostgreSQL.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// The SPIFFE workload endpoint: fetch this process's SVIDs, list the
+    /// registration entries.
+    #[command(subcommand)]
+    Workload(workload::WorkloadCommand),
     /// Measure issuance against the token's own signing rate, on a fresh
     /// token and a daemon started for the purpose (see BENCHMARKS.md).
     Bench(Box<crate::bench::BenchArgs>),
@@ -190,6 +196,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Status(args) => status::status(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Store(cmd) => store::run(cmd).await,
+        Command::Workload(cmd) => workload::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
         Command::GenerateDocs { dir } => docs::generate(&dir),
