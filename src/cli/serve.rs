@@ -10,9 +10,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::CliResult;
 use crate::{
     ca::CaChain,
-    config::{Config, LogFormat},
+    config::{Config, JwtConfig, LogFormat},
     crl::CrlPublisher,
     issue::Issuer,
+    jwt::JwtAlg,
     metrics::{self, http::MetricsListener},
     policy::{Authorizer, Policy},
     requests::Requests,
@@ -29,7 +30,8 @@ use crate::{
     token::{
         CaKey, KeySelector, Token,
         faults::FaultInjector,
-        pool::{PoolOptions, RebuildPlan, SignerPool},
+        jwt_key::{self, JwtKeyPair},
+        pool::{ExtraKey, PoolOptions, RebuildPlan, SignerPool},
     },
 };
 
@@ -122,17 +124,47 @@ async fn reload_on_hup(path: std::path::PathBuf, auth: Arc<Authorizer>) {
 /// Opens the token, logs in, finds the existing CA key and starts the
 /// signing threads. Runs the blocking PKCS#11 work off the async runtime.
 pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<SignerPool>, CaKey)> {
+    let (pool, key, _) = open_signers(cfg, sessions, None).await?;
+    Ok((pool, key))
+}
+
+/// [`open_signer`], with the JWT-SVID key of `jwt` (when given) signing
+/// through the same sessions as the pool's first extra key.
+pub async fn open_signers(
+    cfg: &Config,
+    sessions: usize,
+    jwt: Option<&JwtConfig>,
+) -> CliResult<(Arc<SignerPool>, CaKey, Option<JwtKeyPair>)> {
     let pin = crate::pin::load_pin(&cfg.token)?;
     let locator = cfg.token.locator()?;
     let kt = cfg.ca.key_type;
     let scheme = SignatureScheme::for_ca(&cfg.ca);
     let queue = cfg.token.queue_depth;
+    let jwt = jwt.cloned();
     // A test hook; without HSMCA_TEST_FAULTS it does nothing.
     let faults = Arc::new(FaultInjector::from_env());
-    let (pool, key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
+    let (pool, key, jwt_key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
         let token = Token::open_with(&locator, &pin, faults.clone())?;
         let selector = KeySelector::from_locator(&locator);
         let key = token.find_ca_key(&selector, kt)?;
+        let jwt_key = match &jwt {
+            Some(j) => Some(jwt_key::find_jwt_key(
+                &token,
+                &j.key_label,
+                &j.previous_label(),
+                j.key_type,
+                &key.id,
+            )?),
+            None => None,
+        };
+        let extra_keys = match (&jwt, &jwt_key) {
+            (Some(j), Some(pair)) => vec![ExtraKey {
+                scheme: JwtAlg::for_key_type(j.key_type).scheme(),
+                key_type: j.key_type,
+                key: pair.current.clone(),
+            }],
+            _ => Vec::new(),
+        };
         let opts = PoolOptions {
             scheme,
             sessions,
@@ -143,14 +175,16 @@ pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<Signer
                 key_type: kt,
                 pin,
                 spki: key.spki.clone(),
+                extra: Vec::new(),
             },
             faults,
+            extra_keys,
         };
         let pool = SignerPool::start(token, &key, opts)?;
-        Ok((pool, key))
+        Ok((pool, key, jwt_key))
     })
     .await??;
-    Ok((Arc::new(pool), key))
+    Ok((Arc::new(pool), key, jwt_key))
 }
 
 /// Signs a random message through the pool and verifies it with the CA

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod ca;
 mod durations;
+mod jwt;
 mod policy;
 mod requests;
 mod server;
@@ -20,6 +21,7 @@ mod token;
 
 pub use self::{
     ca::{CaConfig, CrlConfig, DigestAlg, ProfileBounds, ProfilesConfig, RsaPadding},
+    jwt::{JwtConfig, MAX_JWT_LIFETIME, MIN_JWT_LIFETIME},
     policy::{PolicyConfig, RuleConfig},
     requests::RequestsConfig,
     server::{Limits, MetricsConfig, ServerConfig},
