@@ -13,6 +13,7 @@ pub mod jwt_key;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod serve_workload;
 pub mod status;
 
 use std::path::PathBuf;
