@@ -13,8 +13,8 @@ use crate::{
 };
 
 /// The JWT key settings, when the workload endpoint is configured.
-pub fn configured(_cfg: &Config) -> Option<&JwtConfig> {
-    None
+pub fn configured(cfg: &Config) -> Option<&JwtConfig> {
+    cfg.workload.enabled().then_some(&cfg.workload.jwt)
 }
 
 /// Makes the JWT key pair if it is missing, or with `rotate` replaces it

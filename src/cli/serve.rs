@@ -272,7 +272,14 @@ pub async fn serve(config_path: &Path) -> CliResult {
     let ca = Arc::new(ca);
     sd::status("logging in to the token");
     let token_started = std::time::Instant::now();
-    let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
+    let jwt_cfg = super::jwt_key::configured(&cfg);
+    let (pool, key, jwt_key) = open_signers(&cfg, cfg.token.sessions, jwt_cfg).await?;
+    let jwt = match (jwt_key, jwt_cfg) {
+        (Some(pair), Some(j)) => {
+            Some(super::jwt_key::authority(&pool, pair, j, &cfg.workload.trust_domain).await?)
+        }
+        _ => None,
+    };
     let timing = StartTiming {
         started,
         token: token_started.elapsed(),
@@ -281,6 +288,7 @@ pub async fn serve(config_path: &Path) -> CliResult {
         cfg: &cfg,
         path: config_path,
         policy,
+        jwt,
     };
     let result = serve_with(loaded, ca, pool.clone(), &key, activated, timing).await;
     let stopper = pool.clone();
@@ -299,6 +307,8 @@ struct Loaded<'a> {
     cfg: &'a Config,
     path: &'a Path,
     policy: Policy,
+    /// The JWT-SVID authority, when the workload endpoint is on.
+    jwt: Option<Arc<crate::jwt::JwtAuthority>>,
 }
 
 struct StartTiming {
@@ -318,6 +328,7 @@ async fn serve_with(
         cfg,
         path: config_path,
         policy,
+        jwt,
     } = loaded;
     sd::status("start-up self-test: signing with the token");
     ca.check_key(&key.spki)?;
@@ -345,7 +356,8 @@ async fn serve_with(
     let refresher = tokio::spawn(crl.clone().refresh_forever());
     let auth = Arc::new(Authorizer::new(policy));
     let workload =
-        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone()).await?;
+        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone(), jwt)
+            .await?;
     let mut reloader = tokio::task::JoinSet::new();
     reloader.spawn(reload_on_hup(
         config_path.to_owned(),

@@ -165,6 +165,10 @@ impl Config {
         self.crl.validate()?;
         self.requests.validate()?;
         self.workload.validate()?;
+        if self.workload.enabled() {
+            let ca_label = self.token.locator()?.key_label;
+            self.workload.jwt.validate(ca_label.as_deref())?;
+        }
         if self.workload.socket.as_deref() == Some(self.server.socket.as_path())
             || (self.workload.enabled() && self.workload.socket == self.metrics_socket())
         {
