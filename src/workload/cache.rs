@@ -381,6 +381,10 @@ impl Workload {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut crl_open = true;
+        let first = crls.borrow_and_update().clone();
+        if let Some(record) = first {
+            self.crl_changed(&record.pem).await;
+        }
         loop {
             tokio::select! {
                 _ = sweep.tick() => self.sweep(),
