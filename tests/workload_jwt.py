@@ -3,7 +3,8 @@
 usage: workload_jwt.py SOCKET TRUST_DOMAIN fetch           -> JSON: tokens, bundle, checks
        workload_jwt.py SOCKET TRUST_DOMAIN validate TOKEN  -> JSON: py-spiffe's validation
        workload_jwt.py SOCKET TRUST_DOMAIN bundles N       -> JSON: the first N bundle messages
-       workload_jwt.py SOCKET TRUST_DOMAIN refusals        -> JSON: gRPC codes of bad calls
+       workload_jwt.py SOCKET TRUST_DOMAIN refusals TOKEN  -> JSON: gRPC codes of bad calls
+       workload_jwt.py SOCKET TRUST_DOMAIN once            -> JSON: one FetchJWTSVID, no retries
 
 py-spiffe (PyPI `spiffe`) is the client; the independent check of every
 token is `cryptography` verifying the JWS signature with the key from the
@@ -184,6 +185,21 @@ def refusals(socket, token):
     return out
 
 
+def once(socket):
+    """One FetchJWTSVID without retries: its gRPC code, and the token."""
+    with grpc.insecure_channel("unix://" + socket) as ch:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+        try:
+            r = stub.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["db"]),
+                metadata=[("workload.spiffe.io", "true")],
+                timeout=10,
+            )
+            return {"code": "OK", "token": r.svids[0].svid}
+        except grpc.RpcError as e:
+            return {"code": e.code().name, "details": e.details()}
+
+
 def main():
     socket, td, cmd = sys.argv[1], sys.argv[2], sys.argv[3]
     if cmd == "fetch":
@@ -192,6 +208,8 @@ def main():
         r = validate(socket, sys.argv[4])
     elif cmd == "bundles":
         r = bundles(socket, td, int(sys.argv[4]))
+    elif cmd == "once":
+        r = once(socket)
     elif cmd == "refusals":
         r = refusals(socket, sys.argv[4])
     else:

@@ -290,6 +290,11 @@ fn jwt_svids_from_a_token_key_validate_everywhere() {
     );
     assert_eq!(code("after"), "OK");
 
+    // Four JWT-SVIDs were handed out (three fetches, then one after the
+    // refusals); the start-up self-test is not counted.
+    let status = run_ok(ca.hsmca().args(["status", "--config"]).arg(ca.config()));
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("jwt-svids       4 signed"), "{status}");
     ca.stop();
 }
 
@@ -346,5 +351,57 @@ fn a_rotated_jwt_key_stays_in_the_bundle_for_one_lifetime() {
     assert_eq!(msgs[0].as_array().unwrap().len(), 2, "{stream}");
     assert_eq!(msgs[1], serde_json::json!([header["kid"]]), "{stream}");
     std::thread::sleep(Duration::from_millis(100));
+    ca.stop();
+}
+
+fn plan(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The JWT key signs through the CA key's pool, so it shares its recovery:
+/// while the token is away JWT-SVIDs fail fast with UNAVAILABLE, and after
+/// the rebuild (which finds both keys again by CKA_ID) and after every
+/// session was closed underneath the signers, they are signed again.
+#[test]
+fn jwt_signing_follows_the_token_through_faults() {
+    let mut ca = Ca::new("p256");
+    enable_workload(&ca);
+    run_ok(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
+    let control = ca.path("faults");
+    ca.env
+        .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));
+    ca.start();
+    assert_eq!(py(&ca, &["once"])["code"], "OK");
+
+    plan(&control, "# 1\nfault * DEVICE_ERROR for=2s\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen_unavailable = false;
+    loop {
+        let r = py(&ca, &["once"]);
+        match r["code"].as_str().unwrap() {
+            "UNAVAILABLE" => seen_unavailable = true,
+            "OK" if seen_unavailable => break,
+            "OK" => {}
+            other => panic!("unexpected {other}: {r}\n{}", ca.log()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery:\n{}",
+            ca.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    plan(&control, "# 2\nreset-sessions\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = py(&ca, &["once"]);
+    assert_eq!(r["code"], "OK", "{r}\n{}", ca.log());
+    let token = r["token"].as_str().unwrap();
+    assert_eq!(
+        py(&ca, &["validate", token])["spiffe_id"],
+        "spiffe://hsmca.test/user/root"
+    );
     ca.stop();
 }
