@@ -596,3 +596,167 @@ ttl = "24s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A connection whose `connect()` was made by a process that has exited
+/// (and been reaped) before the call is sent: SO_PEERCRED names a dead PID.
+async fn connection_of_an_exited_process(sock: &Path) -> tonic::transport::Channel {
+    use rustix::net::{AddressFamily, SocketType, socket};
+    let fd = socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    // The child inherits the descriptor, connects it, and exits.
+    let flags = rustix::io::fcntl_getfd(&fd).unwrap();
+    rustix::io::fcntl_setfd(&fd, flags - rustix::io::FdFlags::CLOEXEC).unwrap();
+    let n = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    run_ok(Command::new(python()).arg("-c").arg(format!(
+        "import socket; s = socket.socket(fileno={n}); s.connect({:?}); s.detach()",
+        sock.to_str().unwrap()
+    )));
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true).unwrap();
+    let stream = std::sync::Mutex::new(Some(tokio::net::UnixStream::from_std(std_stream).unwrap()));
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let s = stream.lock().unwrap().take();
+            async move {
+                s.map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("used once"))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_that_exited_gets_nothing() {
+    let ca = Ca::started("p256");
+    let sock = ca.path("workload.sock");
+    let mut c = SpiffeWorkloadApiClient::new(connection_of_an_exited_process(&sock).await);
+    let err = c.fetch_x509svid(with_header()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("has exited"), "{err:?}");
+    assert_eq!(metric(&ca, "hsmca_workload_svids_issued_total").await, 0.0);
+    assert_eq!(
+        metric(&ca, "hsmca_workload_attestation_refusals_total").await,
+        1.0
+    );
+    // A live caller still gets its SVID.
+    assert_eq!(client(&sock, &["raw"])["code"], "OK");
+}
+
+fn plan(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_token_outage_keeps_the_current_svid_and_signing_is_retried() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+retry_after = "200ms"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "6s"
+"#,
+    );
+    let control = ca.path("faults");
+    plan(&control, "# none\n");
+    ca.env
+        .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));
+    ca.start();
+    let sock = ca.path("workload.sock");
+
+    // The token is away before the first SVID: UNAVAILABLE, clients retry.
+    plan(&control, "# 1\nfault * DEVICE_ERROR for=4s\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let first = client(&sock, &["raw"]);
+    assert_eq!(first["code"], "UNAVAILABLE", "{first}");
+    // Once it is back, the retried signature arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client(&sock, &["raw"]);
+        if r["code"] == "OK" {
+            break;
+        }
+        assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "no SVID after the token came back"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A watching workload keeps its SVID through an outage that spans a
+    // rotation, and gets new ones after it.
+    let script = repo().join("tests/workload_client.py");
+    let watcher = Command::new(python())
+        .arg(script)
+        .arg(&sock)
+        .args(["rotate", "3", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failures_before = metric(&ca, "hsmca_workload_svid_failures_total").await;
+    plan(&control, "# 2\nfault * DEVICE_ERROR for=5s\n");
+    let out = watcher.wait_with_output().unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["serials"].as_array().unwrap().len(), 3, "{seen}");
+    assert!(metric(&ca, "hsmca_workload_svid_failures_total").await > failures_before);
+}
+
+#[tokio::test]
+async fn a_stream_that_never_reads_holds_up_nobody() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "4s"
+"#,
+    );
+    ca.start();
+    let sock = ca.path("workload.sock");
+    // A raw HTTP/2 client with a one-byte stream window that never reads:
+    // the daemon cannot send it even its first message.
+    let io = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let (h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/SpiffeWorkloadAPI/FetchX509SVID")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = h2c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stuck = resp.into_body();
+    // Meanwhile another workload of the same identity sees every rotation.
+    let got = client(&sock, &["rotate", "3", "15"]);
+    assert_eq!(got["serials"].as_array().unwrap().len(), 3, "{got}");
+    // The stuck stream is still there (the other client's has ended).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ca, "hsmca_workload_streams").await != 1.0 {
+        assert!(Instant::now() < deadline, "the stuck stream is not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
+    conn.abort();
+}
