@@ -18,19 +18,6 @@ use sha2::Digest;
 
 const TD: &str = "hsmca.test";
 
-/// Turns the workload endpoint on (unless the development config already
-/// has it) with one entry for every local user, and sets the JWT lifetime.
-fn enable_workload(ca: &Ca) {
-    let text = std::fs::read_to_string(ca.config()).unwrap();
-    if !text.contains("\n[workload]") {
-        ca.append_config(&format!(
-            "[workload]\nsocket = {:?}\nsocket_mode = \"0666\"\ntrust_domain = \"{TD}\"\n\n\
-             [[workload.entries]]\nspiffe_id = \"spiffe://{TD}/user/{{user}}\"\nttl = \"1h\"\n",
-            ca.path("workload.sock").display().to_string()
-        ));
-    }
-}
-
 fn workload_socket(ca: &Ca) -> String {
     ca.path("workload.sock").display().to_string()
 }
@@ -139,12 +126,16 @@ fn part(token: &str, n: usize) -> Value {
 #[test]
 fn jwt_svids_from_a_token_key_validate_everywhere() {
     // A P-256 CA and a P-384 JWT key: the spy tells their digests apart.
+    // The development config has the workload endpoint on, so `hsmca init`
+    // (run by Ca::with_env) made the JWT key beside the CA key. A second
+    // init finds both and refuses, as it does without a workload section.
     let mut ca = Ca::with_env("p256", &[("HSMCA_WORKLOAD__JWT__KEY_TYPE", "p384")]);
-    enable_workload(&ca);
-    let out = run_ok(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
+    let out = run(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
     let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
     assert!(
-        said.contains("JWT key p384 (label \"hsmca-jwt\""),
+        said.contains("using existing JWT key p384 (label \"hsmca-jwt\"")
+            && said.contains("--force"),
         "init said: {said}"
     );
 
@@ -301,8 +292,6 @@ fn jwt_svids_from_a_token_key_validate_everywhere() {
 #[test]
 fn a_rotated_jwt_key_stays_in_the_bundle_for_one_lifetime() {
     let mut ca = Ca::with_env("p256", &[("HSMCA_WORKLOAD__JWT__LIFETIME", "20s")]);
-    enable_workload(&ca);
-    run_ok(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
     ca.start();
     let before = py(&ca, &["fetch"]);
     let old_token = before["token"].as_str().unwrap().to_string();
@@ -367,8 +356,6 @@ fn plan(path: &std::path::Path, text: &str) {
 #[test]
 fn jwt_signing_follows_the_token_through_faults() {
     let mut ca = Ca::new("p256");
-    enable_workload(&ca);
-    run_ok(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
     let control = ca.path("faults");
     ca.env
         .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));

@@ -32,15 +32,18 @@ pub async fn init(args: InitArgs) -> CliResult {
         let jwt = jwt.ok_or(
             "--rotate-jwt-key: the workload endpoint ([workload]) is not configured, so there is no JWT key",
         )?;
-        return super::jwt_key::init_jwt_key(&cfg, &jwt, true).await;
+        super::jwt_key::init_jwt_key(&cfg, &jwt, true).await?;
+        return Ok(());
     }
     if let Some(chain_file) = &args.import_chain {
         return import_chain(&cfg, chain_file, args.force).await;
     }
     if args.csr.is_none() && cert_path.exists() && !args.force {
-        if let Some(jwt) = &jwt {
-            // The CA is there; what may be missing is the JWT key.
-            super::jwt_key::init_jwt_key(&cfg, jwt, false).await?;
+        // The CA is there; what may be missing is the JWT key. Only when
+        // there is nothing at all to make does init refuse.
+        if let Some(jwt) = &jwt
+            && super::jwt_key::init_jwt_key(&cfg, jwt, false).await?
+        {
             eprintln!(
                 "{} exists; the CA key and certificate are left as they are (--force replaces them)",
                 cert_path.display()

@@ -18,12 +18,13 @@ pub fn configured(cfg: &Config) -> Option<&JwtConfig> {
 }
 
 /// Makes the JWT key pair if it is missing, or with `rotate` replaces it
-/// (the old pair is kept as `<key_label>.previous`).
-pub async fn init_jwt_key(cfg: &Config, jwt: &JwtConfig, rotate: bool) -> CliResult {
+/// (the old pair is kept as `<key_label>.previous`). True when a key was
+/// made.
+pub async fn init_jwt_key(cfg: &Config, jwt: &JwtConfig, rotate: bool) -> CliResult<bool> {
     let pin = crate::pin::load_pin(&cfg.token)?;
     let locator = cfg.token.locator()?;
     let jwt = jwt.clone();
-    let msg = tokio::task::spawn_blocking(move || -> CliResult<String> {
+    let (msg, made) = tokio::task::spawn_blocking(move || -> CliResult<(String, bool)> {
         let token = Token::open(&locator, &pin)?;
         let result = if rotate {
             jwt_key::rotate_jwt_key(
@@ -33,30 +34,30 @@ pub async fn init_jwt_key(cfg: &Config, jwt: &JwtConfig, rotate: bool) -> CliRes
                 jwt.key_type,
             )
             .map(|(new, old)| match old {
-                Some(old) => format!(
+                Some(old) => (format!(
                     "rotated the JWT key {:?}: new {} key id {}; the previous one (id {}) is now {:?} and stays in the JWT bundle for one JWT lifetime after the daemon restarts",
                     jwt.key_label,
                     jwt.key_type.name(),
                     hex::encode(&new.id),
                     hex::encode(&old.id),
                     jwt.previous_label()
-                ),
-                None => format!(
+                ), true),
+                None => (format!(
                     "generated JWT key {} (label {:?}, id {}); there was none to rotate",
                     jwt.key_type.name(),
                     jwt.key_label,
                     hex::encode(&new.id)
-                ),
+                ), true),
             })
         } else {
             jwt_key::ensure_jwt_key(&token, &jwt.key_label, jwt.key_type).map(|(k, created)| {
-                format!(
+                (format!(
                     "{} JWT key {} (label {:?}, id {}) in the token",
                     if created { "generated" } else { "using existing" },
                     jwt.key_type.name(),
                     k.label,
                     hex::encode(&k.id)
-                )
+                ), created)
             })
         };
         token.close();
@@ -64,7 +65,7 @@ pub async fn init_jwt_key(cfg: &Config, jwt: &JwtConfig, rotate: bool) -> CliRes
     })
     .await??;
     eprintln!("{msg}");
-    Ok(())
+    Ok(made)
 }
 
 /// The JWT authority over the pool's first extra key (see
