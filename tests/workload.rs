@@ -218,6 +218,17 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json[0]["spiffe_id"], "spiffe://hsmca.test/user/root");
     assert!(!json.to_string().contains("PRIVATE KEY"));
+    let entries = run_ok(
+        ca.hsmca()
+            .args(["workload", "entries", "--config"])
+            .arg(ca.config()),
+    );
+    let entries = String::from_utf8_lossy(&entries.stdout);
+    assert!(
+        entries.contains("[0] every caller -> spiffe://hsmca.test/user/{user} ttl 1h key p256")
+            && entries.contains("root (uid 0): spiffe://hsmca.test/user/root"),
+        "{entries}"
+    );
 
     // No private key in the state directory, the store or the log.
     let key_pem = std::fs::read_to_string(out.join("svid.key")).unwrap();
@@ -227,6 +238,23 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
         .collect();
     let key_der = base64_decode(&key_b64);
     ca.stop();
+    // The SVID's signature is in the audit log like every other.
+    let audit = run_ok(
+        ca.hsmca()
+            .args(["audit", "list", "--json", "--config"])
+            .arg(ca.config()),
+    );
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let serial = records[0]["serial_number"].as_str().unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"operation\":\"workload svid\"")
+                && l.contains("URI:spiffe://hsmca.test/user/root")
+                && l.contains(serial)
+                && l.contains("\"profile\":\"svid\"")),
+        "{audit}"
+    );
     let mut looked = 0;
     for path in files_under(&ca.path("state"))
         .into_iter()
@@ -297,6 +325,33 @@ ttl = "4s"
         issued >= 3.0 && rotated == issued - 1.0,
         "{issued} {rotated}"
     );
+
+    // `hsmca workload fetch --watch` rewrites its files at each rotation.
+    let dir = ca.path("watched");
+    let mut watch = ca
+        .hsmca()
+        .args(["workload", "fetch", "--watch", "--socket"])
+        .arg(&sock)
+        .arg("--out-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 2 {
+        if let Ok(pem) = std::fs::read(dir.join("svid.pem")) {
+            seen.insert(pem);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--watch wrote {} SVIDs",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }
 
 #[tokio::test]
@@ -323,9 +378,14 @@ uid = 1
 [[workload.entries]]
 spiffe_id = "spiffe://hsmca.test/group/daemon"
 group = "daemon"
-hint = "second"
+hint = "{hint}"
 "#,
-            sock.display()
+            sock.display(),
+            hint = if with_nobody {
+                "second"
+            } else {
+                "second, changed"
+            },
         )
     };
     let mut ca = with_workload(&entries(true));
@@ -374,7 +434,16 @@ hint = "second"
         client_as(Some(65534), &sock, &["raw"])["code"],
         "PERMISSION_DENIED"
     );
-    assert_eq!(client_as(Some(1), &sock, &["raw"])["code"], "OK");
+    // A changed entry gives a new SVID; an unchanged one keeps its own.
+    let hints = client_as(Some(1), &sock, &["hints"]);
+    assert_eq!(
+        hints["result"],
+        serde_json::json!([
+            ["spiffe://hsmca.test/daemon", ""],
+            ["spiffe://hsmca.test/group/daemon", "second, changed"]
+        ]),
+        "{hints}"
+    );
     assert!(metric(&ca, "hsmca_workload_denied_total").await >= 5.0);
 }
 
@@ -586,6 +655,7 @@ ttl = "24s"
         wave(250).await;
     }
     let after_10k = rss_kib(pid);
+    eprintln!("daemon RSS after 1,000 streams: {after_1k} KiB; after 10,000: {after_10k} KiB");
     assert!(
         after_10k < after_1k + 16 * 1024,
         "RSS grew from {after_1k} KiB to {after_10k} KiB"
@@ -759,4 +829,90 @@ ttl = "4s"
     }
     drop(stuck);
     conn.abort();
+}
+
+fn pubkey_of(args: &[&str], path: &Path) -> String {
+    let out = run_ok(Command::new("openssl").args(args).arg(path));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn p384_and_rsa_svids_with_dns_names_and_their_keys() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/p384/{uid}"
+uid = 0
+key_type = "p384"
+dns_names = ["api.hsmca.test"]
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/rsa/{user}"
+group = "root"
+key_type = "rsa2048"
+ttl = "2h"
+hint = "legacy"
+"#,
+    );
+    ca.start();
+    let out = ca.path("out");
+    let printed = run_ok(
+        ca.hsmca()
+            .args(["workload", "fetch", "--socket"])
+            .arg(ca.path("workload.sock"))
+            .arg("--out-dir")
+            .arg(&out),
+    );
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("spiffe://hsmca.test/p384/0"), "{printed}");
+    for (i, curve_or_bits, usage) in [
+        ("", "NIST CURVE: P-384", "Digital Signature\n"),
+        (
+            ".1",
+            "Public-Key: (2048 bit)",
+            "Digital Signature, Key Encipherment\n",
+        ),
+    ] {
+        let cert = out.join(format!("svid{i}.pem"));
+        let key = out.join(format!("svid{i}.key"));
+        run_ok(
+            Command::new("openssl")
+                .args(["verify", "-x509_strict", "-CAfile"])
+                .arg(out.join(format!("bundle{i}.pem")))
+                .arg(&cert),
+        );
+        let text = openssl_text(&cert);
+        assert!(text.contains(curve_or_bits), "{text}");
+        assert!(
+            text.contains(&format!(
+                "X509v3 Key Usage: critical\n                {usage}"
+            )),
+            "{text}"
+        );
+        // The key is the certificate's.
+        assert_eq!(
+            pubkey_of(&["x509", "-noout", "-pubkey", "-in"], &cert),
+            pubkey_of(&["pkey", "-pubout", "-in"], &key)
+        );
+    }
+    let p384 = openssl_text(&out.join("svid.pem"));
+    assert!(
+        p384.contains("URI:spiffe://hsmca.test/p384/0") && p384.contains("DNS:api.hsmca.test"),
+        "{p384}"
+    );
+    // The RSA SVID lives 2 h; the P-384 one the default 1 h.
+    let lasts_90_minutes = |p: &Path| {
+        common::run(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-checkend", "5400", "-in"])
+                .arg(p),
+        )
+        .status
+        .success()
+    };
+    assert!(!lasts_90_minutes(&out.join("svid.pem")));
+    assert!(lasts_90_minutes(&out.join("svid.1.pem")));
 }
