@@ -303,6 +303,15 @@ trust_domain = "hsmca.test"
 spiffe_id = "spiffe://hsmca.test/user/{user}"
 key_type = "p256"
 ttl = "1h"
+
+# JWT-SVIDs are signed by a second key pair in the token, never the CA
+# key; "hsmca init" makes it (see the README, "JWT-SVIDs").
+[workload.jwt]
+key_label = "hsmca-jwt"
+# p256 (ES256), p384 (ES384) or rsa2048 (RS256).
+key_type = "p256"
+# Lifetime of a JWT-SVID.
+lifetime = "5m"
 EOF
     chmod 0644 "$tmp"
     # mv -n: never replace a file that appeared in the meantime.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod crl;
 pub mod issue;
+pub mod jwt;
 pub mod keyed_locks;
 pub mod metrics;
 pub mod names;

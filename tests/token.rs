@@ -172,10 +172,13 @@ fn ca_private_key_is_sensitive_never_extractable_and_sign_only() {
     for key_type in ["p256", "rsa2048"] {
         let ca = Ca::new(key_type);
         let objects = list_objects(&ca);
+        // The CA key's block (the development config also has a JWT-SVID
+        // key, checked in tests/workload_jwt.rs).
         let private = objects
             .split("Private Key Object")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no private key in:\n{objects}"));
+            .skip(1)
+            .find(|b| b.contains("label:      hsmca-ca\n"))
+            .unwrap_or_else(|| panic!("no CA private key in:\n{objects}"));
         let field = |name: &str| {
             private
                 .lines()
@@ -194,7 +197,11 @@ fn ca_private_key_is_sensitive_never_extractable_and_sign_only() {
             "sensitive, always sensitive, never extractable, local",
             "{key_type}: CKA_SENSITIVE/CKA_EXTRACTABLE"
         );
-        assert_eq!(objects.matches("Private Key Object").count(), 1);
+        assert_eq!(
+            objects.matches("label:      hsmca-ca\n").count(),
+            2,
+            "one CA key pair: {objects}"
+        );
     }
 }
 
@@ -213,12 +220,17 @@ fn init_refuses_to_overwrite_without_force_and_force_makes_a_new_key() {
     );
     let second = std::fs::read_to_string(ca.path("ca.pem")).unwrap();
     assert_ne!(first, second);
-    // Still exactly one key pair: the old one was destroyed, not duplicated.
+    // Still exactly one CA key pair: the old one was destroyed, not
+    // duplicated (the JWT-SVID key pair is not touched by --force).
     let objects = list_objects(&ca);
     assert_eq!(
-        objects.matches("Private Key Object").count(),
-        1,
+        objects.matches("label:      hsmca-ca\n").count(),
+        2,
         "{objects}"
     );
-    assert_eq!(objects.matches("Public Key Object").count(), 1, "{objects}");
+    assert_eq!(
+        objects.matches("label:      hsmca-jwt\n").count(),
+        2,
+        "{objects}"
+    );
 }

@@ -27,10 +27,29 @@ pub async fn init(args: InitArgs) -> CliResult {
     init_logging(&cfg)?;
     let cert_path = cfg.ca.certificate.clone();
 
+    let jwt = super::jwt_key::configured(&cfg).cloned();
+    if args.rotate_jwt_key {
+        let jwt = jwt.ok_or(
+            "--rotate-jwt-key: the workload endpoint ([workload]) is not configured, so there is no JWT key",
+        )?;
+        super::jwt_key::init_jwt_key(&cfg, &jwt, true).await?;
+        return Ok(());
+    }
     if let Some(chain_file) = &args.import_chain {
         return import_chain(&cfg, chain_file, args.force).await;
     }
     if args.csr.is_none() && cert_path.exists() && !args.force {
+        // The CA is there; what may be missing is the JWT key. Only when
+        // there is nothing at all to make does init refuse.
+        if let Some(jwt) = &jwt
+            && super::jwt_key::init_jwt_key(&cfg, jwt, false).await?
+        {
+            eprintln!(
+                "{} exists; the CA key and certificate are left as they are (--force replaces them)",
+                cert_path.display()
+            );
+            return Ok(());
+        }
         return Err(format!(
             "{} already exists; use --force to replace the CA key and certificate",
             cert_path.display()
@@ -63,8 +82,10 @@ pub async fn init(args: InitArgs) -> CliResult {
                 key_type: kt,
                 pin,
                 spki: key.spki.clone(),
+                extra: Vec::new(),
             },
             faults: Arc::new(FaultInjector::disabled()),
+            extra_keys: Vec::new(),
         };
         let pool = SignerPool::start(token, &key, opts)?;
         Ok((pool, key, created))
@@ -122,7 +143,11 @@ pub async fn init(args: InitArgs) -> CliResult {
     .await;
     let stopper = pool.clone();
     tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
-    result
+    result?;
+    if let Some(jwt) = &jwt {
+        super::jwt_key::init_jwt_key(&cfg, jwt, false).await?;
+    }
+    Ok(())
 }
 
 async fn import_chain(cfg: &Config, chain_file: &std::path::Path, force: bool) -> CliResult {

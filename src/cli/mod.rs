@@ -9,6 +9,7 @@ pub mod client;
 pub mod config_check;
 pub mod docs;
 pub mod init;
+pub mod jwt_key;
 pub mod records;
 pub mod requests;
 pub mod serve;
@@ -124,6 +125,12 @@ pub struct InitArgs {
     /// then each issuer up to the root).
     #[arg(long)]
     pub import_chain: Option<PathBuf>,
+    /// Replace the JWT-SVID signing key ([workload.jwt]) with a new one and
+    /// keep the old one as `<key_label>.previous`; the CA key is not
+    /// touched. A restarted daemon signs with the new key and keeps the old
+    /// one in its JWT bundle for one JWT lifetime.
+    #[arg(long, conflicts_with_all = ["csr", "import_chain", "force"])]
+    pub rotate_jwt_key: bool,
 }
 
 /// How a client finds the daemon.

@@ -10,9 +10,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::CliResult;
 use crate::{
     ca::CaChain,
-    config::{Config, LogFormat},
+    config::{Config, JwtConfig, LogFormat},
     crl::CrlPublisher,
     issue::Issuer,
+    jwt::JwtAlg,
     metrics::{self, http::MetricsListener},
     policy::{Authorizer, Policy},
     requests::Requests,
@@ -28,7 +29,8 @@ use crate::{
     token::{
         CaKey, KeySelector, Token,
         faults::FaultInjector,
-        pool::{PoolOptions, RebuildPlan, SignerPool},
+        jwt_key::{self, JwtKeyPair},
+        pool::{ExtraKey, PoolOptions, RebuildPlan, SignerPool},
     },
 };
 
@@ -130,17 +132,47 @@ async fn reload_on_hup(
 /// Opens the token, logs in, finds the existing CA key and starts the
 /// signing threads. Runs the blocking PKCS#11 work off the async runtime.
 pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<SignerPool>, CaKey)> {
+    let (pool, key, _) = open_signers(cfg, sessions, None).await?;
+    Ok((pool, key))
+}
+
+/// [`open_signer`], with the JWT-SVID key of `jwt` (when given) signing
+/// through the same sessions as the pool's first extra key.
+pub async fn open_signers(
+    cfg: &Config,
+    sessions: usize,
+    jwt: Option<&JwtConfig>,
+) -> CliResult<(Arc<SignerPool>, CaKey, Option<JwtKeyPair>)> {
     let pin = crate::pin::load_pin(&cfg.token)?;
     let locator = cfg.token.locator()?;
     let kt = cfg.ca.key_type;
     let scheme = SignatureScheme::for_ca(&cfg.ca);
     let queue = cfg.token.queue_depth;
+    let jwt = jwt.cloned();
     // A test hook; without HSMCA_TEST_FAULTS it does nothing.
     let faults = Arc::new(FaultInjector::from_env());
-    let (pool, key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
+    let (pool, key, jwt_key) = tokio::task::spawn_blocking(move || -> CliResult<_> {
         let token = Token::open_with(&locator, &pin, faults.clone())?;
         let selector = KeySelector::from_locator(&locator);
         let key = token.find_ca_key(&selector, kt)?;
+        let jwt_key = match &jwt {
+            Some(j) => Some(jwt_key::find_jwt_key(
+                &token,
+                &j.key_label,
+                &j.previous_label(),
+                j.key_type,
+                &key.id,
+            )?),
+            None => None,
+        };
+        let extra_keys = match (&jwt, &jwt_key) {
+            (Some(j), Some(pair)) => vec![ExtraKey {
+                scheme: JwtAlg::for_key_type(j.key_type).scheme(),
+                key_type: j.key_type,
+                key: pair.current.clone(),
+            }],
+            _ => Vec::new(),
+        };
         let opts = PoolOptions {
             scheme,
             sessions,
@@ -151,14 +183,16 @@ pub async fn open_signer(cfg: &Config, sessions: usize) -> CliResult<(Arc<Signer
                 key_type: kt,
                 pin,
                 spki: key.spki.clone(),
+                extra: Vec::new(),
             },
             faults,
+            extra_keys,
         };
         let pool = SignerPool::start(token, &key, opts)?;
-        Ok((pool, key))
+        Ok((pool, key, jwt_key))
     })
     .await??;
-    Ok((Arc::new(pool), key))
+    Ok((Arc::new(pool), key, jwt_key))
 }
 
 /// Signs a random message through the pool and verifies it with the CA
@@ -237,7 +271,14 @@ pub async fn serve(config_path: &Path) -> CliResult {
     let ca = Arc::new(ca);
     sd::status("logging in to the token");
     let token_started = std::time::Instant::now();
-    let (pool, key) = open_signer(&cfg, cfg.token.sessions).await?;
+    let jwt_cfg = super::jwt_key::configured(&cfg);
+    let (pool, key, jwt_key) = open_signers(&cfg, cfg.token.sessions, jwt_cfg).await?;
+    let jwt = match (jwt_key, jwt_cfg) {
+        (Some(pair), Some(j)) => {
+            Some(super::jwt_key::authority(&pool, pair, j, &cfg.workload.trust_domain).await?)
+        }
+        _ => None,
+    };
     let timing = StartTiming {
         started,
         token: token_started.elapsed(),
@@ -246,6 +287,7 @@ pub async fn serve(config_path: &Path) -> CliResult {
         cfg: &cfg,
         path: config_path,
         policy,
+        jwt,
     };
     let result = serve_with(loaded, ca, pool.clone(), &key, activated, timing).await;
     let stopper = pool.clone();
@@ -264,6 +306,8 @@ struct Loaded<'a> {
     cfg: &'a Config,
     path: &'a Path,
     policy: Policy,
+    /// The JWT-SVID authority, when the workload endpoint is on.
+    jwt: Option<Arc<crate::jwt::JwtAuthority>>,
 }
 
 struct StartTiming {
@@ -283,6 +327,7 @@ async fn serve_with(
         cfg,
         path: config_path,
         policy,
+        jwt,
     } = loaded;
     sd::status("start-up self-test: signing with the token");
     ca.check_key(&key.spki)?;
@@ -311,7 +356,8 @@ async fn serve_with(
     let refresher = tokio::spawn(crl.clone().refresh_forever());
     let auth = Arc::new(Authorizer::new(policy));
     let workload =
-        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone()).await?;
+        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone(), jwt)
+            .await?;
     let mut reloader = tokio::task::JoinSet::new();
     reloader.spawn(reload_on_hup(
         config_path.to_owned(),

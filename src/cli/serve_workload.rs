@@ -9,6 +9,7 @@ use crate::{
     config::Config,
     crl::CrlPublisher,
     issue::Issuer,
+    jwt::JwtAuthority,
     server::{
         socket::{self, BoundSocket, SocketFile},
         workload::{self as server, WorkloadServices},
@@ -38,6 +39,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     ca: &CaChain,
     crl: Arc<CrlPublisher>,
+    jwt: Option<Arc<JwtAuthority>>,
 ) -> CliResult<Option<WorkloadEndpoint>> {
     let Some(path) = cfg.workload.socket.clone() else {
         return Ok(None);
@@ -49,9 +51,13 @@ pub async fn start(
     let (listener, file) = bound.into_parts();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(workload.clone().run(crl));
+    if let Some(jwt) = &jwt {
+        // Takes the previous JWT key out of the bundle after its lifetime.
+        tasks.spawn(jwt.clone().run());
+    }
     let services = WorkloadServices {
         workload: workload.clone(),
-        jwt: JwtApi::new(workload.clone()),
+        jwt: JwtApi::new(workload.clone(), jwt),
     };
     let limits = cfg.server.limits();
     tasks.spawn(async move {

@@ -149,6 +149,10 @@ pub fn summarize(s: &Scrape, socket: &Path, now_unix: f64) -> String {
         ),
     );
     line(
+        "jwt-svids",
+        format!("{} signed", count(s.sum("hsmca_jwt_svids_signed_total"))),
+    );
+    line(
         "signer",
         format!(
             "{} queued (of {}), {} of {} sessions busy",
@@ -243,6 +247,7 @@ hsmca_certificates_issued_total{profile=\"client\"} 40
 hsmca_certificates_issued_total{profile=\"server\"} 2
 hsmca_certificates_refused_total{code=\"INVALID_ARGUMENT\",profile=\"client\"} 3
 hsmca_signer_sessions 2
+hsmca_jwt_svids_signed_total 7
 hsmca_signer_queue_capacity 4096
 hsmca_sign_duration_seconds_count 42
 hsmca_sign_duration_seconds_bucket{le=\"0.001\"} 21
@@ -268,6 +273,7 @@ hsmca_sign_duration_seconds_bucket{le=\"+Inf\"} 42
             "{out}"
         );
         assert!(out.contains("0 of 2 sessions busy"), "{out}");
+        assert!(out.contains("jwt-svids       7 signed"), "{out}");
         assert!(out.contains("no commits yet"), "{out}");
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod ca;
 mod durations;
+mod jwt;
 mod policy;
 mod requests;
 mod server;
@@ -21,6 +22,7 @@ mod workload;
 
 pub use self::{
     ca::{CaConfig, CrlConfig, DigestAlg, ProfileBounds, ProfilesConfig, RsaPadding},
+    jwt::{JwtConfig, MAX_JWT_LIFETIME, MIN_JWT_LIFETIME},
     policy::{PolicyConfig, RuleConfig},
     requests::RequestsConfig,
     server::{Limits, MetricsConfig, ServerConfig},
@@ -163,6 +165,10 @@ impl Config {
         self.crl.validate()?;
         self.requests.validate()?;
         self.workload.validate()?;
+        if self.workload.enabled() {
+            let ca_label = self.token.locator()?.key_label;
+            self.workload.jwt.validate(ca_label.as_deref())?;
+        }
         if self.workload.socket.as_deref() == Some(self.server.socket.as_path())
             || (self.workload.enabled() && self.workload.socket == self.metrics_socket())
         {

@@ -42,6 +42,8 @@ pub struct WorkloadConfig {
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
     pub entries: Vec<EntryConfig>,
+    /// `[workload.jwt]`: the JWT-SVID key and lifetime.
+    pub jwt: super::JwtConfig,
 }
 
 impl Default for WorkloadConfig {
@@ -57,6 +59,7 @@ impl Default for WorkloadConfig {
             signing_concurrency: 2,
             retry_after: Duration::from_secs(5),
             entries: Vec::new(),
+            jwt: super::JwtConfig::default(),
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub connections_closed: Family<ReasonLabels, Counter>,
     /// Unary calls that hit server.request_timeout.
     pub deadline_exceeded: Counter,
+    /// JWT-SVIDs signed by the token's JWT key (FetchJWTSVID).
+    pub jwt_svids_signed: Counter,
     /// Certificate requests with at least one open Watch (set at each
     /// scrape).
     pub watchers: Gauge,
@@ -106,6 +108,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_closed: Family::default(),
             deadline_exceeded: Counter::default(),
+            jwt_svids_signed: Counter::default(),
             watchers: Gauge::default(),
             start_time: Gauge::default(),
             workload: workload::WorkloadMetrics::default(),
@@ -186,6 +189,11 @@ impl Metrics {
             "hsmca_deadline_exceeded",
             "Calls that exceeded server.request_timeout",
             m.deadline_exceeded.clone(),
+        );
+        r.register(
+            "hsmca_jwt_svids_signed",
+            "JWT-SVIDs signed with the token's JWT key",
+            m.jwt_svids_signed.clone(),
         );
         r.register(
             "hsmca_watched_requests",

@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 
 use crate::{
     issue::{IssueError, certificate::BuildError},
+    jwt::{JwtError, ValidateError},
     policy::PolicyError,
     requests::RequestError,
     signing::SignError,
@@ -82,6 +83,29 @@ impl From<RequestError> for Status {
             RequestError::Precondition(m) => Status::failed_precondition(m),
             RequestError::Store(s) => s.into(),
         }
+    }
+}
+
+impl From<JwtError> for Status {
+    fn from(e: JwtError) -> Self {
+        match e {
+            JwtError::NoAudience | JwtError::EmptyAudience => {
+                Status::invalid_argument(format!("audience: {e}"))
+            }
+            JwtError::Sign(s) => s.into(),
+            JwtError::UnsupportedScheme | JwtError::Jwk(_) => {
+                tracing::error!(error = %e, "the JWT key cannot sign JWT-SVIDs");
+                Status::internal("the JWT-SVID key cannot sign (see the daemon's log)")
+            }
+        }
+    }
+}
+
+/// A token that fails validation is the caller's bad input: the message
+/// says what is wrong with it.
+impl From<ValidateError> for Status {
+    fn from(e: ValidateError) -> Self {
+        Status::invalid_argument(format!("the JWT-SVID is not valid: {e}"))
     }
 }
 

@@ -18,6 +18,7 @@ pub enum Op {
     Sign,
 }
 
+pub mod jwt_key;
 pub mod keygen;
 pub mod pool;
 pub mod pubkey;
@@ -52,6 +53,8 @@ pub enum TokenError {
     PinLocked,
     #[error("no CA key {0} in the token (run `hsmca init`)")]
     KeyNotFound(String),
+    #[error("no JWT signing key labelled {0:?} in the token (run `hsmca init`)")]
+    JwtKeyNotFound(String),
     #[error("the CA key is ambiguous: {0}")]
     AmbiguousKey(String),
     #[error("CA key {key}: {problem}")]
@@ -69,7 +72,7 @@ pub enum TokenError {
     #[error("the HSM refused {function}: {rv}")]
     Rejected { function: String, rv: String },
     #[error(
-        "the token's CA key changed while reconnecting: expected public key SHA-256 {expected}, found {found}"
+        "a key of the token changed while reconnecting: expected public key SHA-256 {expected}, found {found}"
     )]
     KeyChanged { expected: String, found: String },
     #[error("PKCS#11 {function} failed: {rv}")]

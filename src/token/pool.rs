@@ -38,6 +38,10 @@ use crate::{
 };
 
 struct Job {
+    /// Which of the pool's keys signs: 0 is the CA key, then the
+    /// [`PoolOptions::extra_keys`] in order.
+    key: usize,
+    scheme: SignatureScheme,
     /// Exactly what C_Sign receives: a digest, or a DigestInfo around one.
     input: Vec<u8>,
     reply: oneshot::Sender<Result<Vec<u8>, TokenError>>,
@@ -51,12 +55,27 @@ pub struct PoolOptions {
     pub rebuild: RebuildPlan,
     /// A test hook; [`FaultInjector::disabled`] outside tests.
     pub faults: std::sync::Arc<FaultInjector>,
+    /// Keys besides the CA key that the same sessions sign with (the JWT
+    /// signing key): one login, one queue, one recovery for all of them.
+    pub extra_keys: Vec<ExtraKey>,
+}
+
+/// A second key in the token, signed with through the pool's sessions.
+/// After a rebuild it is found again by its CKA_ID and must have the same
+/// public key.
+#[derive(Debug, Clone)]
+pub struct ExtraKey {
+    pub scheme: SignatureScheme,
+    pub key_type: crate::config::KeyType,
+    pub key: CaKey,
 }
 
 pub struct SignerPool {
     tx: Mutex<Option<flume::Sender<Job>>>,
     scheme: SignatureScheme,
     spki: SubjectPublicKeyInfoOwned,
+    /// The extra keys' schemes and public keys, by index - 1.
+    extra: Vec<(SignatureScheme, SubjectPublicKeyInfoOwned)>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     shared: std::sync::Arc<Shared>,
@@ -92,17 +111,27 @@ impl SignerPool {
                 .map_err(TokenError::from_ck)?;
             sessions.push(s);
         }
-        let (shared, wake) = Shared::new(token, key.id.clone(), opts.rebuild, opts.faults);
+        let mut key_ids = vec![key.id.clone()];
+        let mut handles = vec![key.private];
+        key_ids.extend(opts.extra_keys.iter().map(|k| k.key.id.clone()));
+        handles.extend(opts.extra_keys.iter().map(|k| k.key.private));
+        let extra = opts
+            .extra_keys
+            .iter()
+            .map(|k| (k.scheme, k.key.spki.clone()))
+            .collect();
+        let mut plan = opts.rebuild;
+        plan.extra = opts.extra_keys;
+        let (shared, wake) = Shared::new(token, key_ids, plan, opts.faults);
         let mut workers = Vec::with_capacity(sessions.len());
         for (n, session) in sessions.into_iter().enumerate() {
             let worker = Worker {
                 shared: shared.clone(),
                 session: Some(WorkerSession {
                     session,
-                    key: key.private,
+                    keys: handles.clone(),
                     generation: 0,
                 }),
-                scheme: opts.scheme,
             };
             let rx = rx.clone();
             let handle = std::thread::Builder::new()
@@ -124,6 +153,7 @@ impl SignerPool {
             tx: Mutex::new(Some(tx)),
             scheme: opts.scheme,
             spki: key.spki.clone(),
+            extra,
             workers: Mutex::new(workers),
             supervisor: Mutex::new(Some(supervisor)),
             shared,
@@ -158,10 +188,27 @@ impl SignerPool {
         self.shared.close();
     }
 
-    /// Queues exactly `input` for C_Sign and waits for the raw output.
-    /// While the token is unavailable nothing is queued: the request fails
-    /// at once.
-    async fn sign_raw(&self, input: Vec<u8>) -> Result<Vec<u8>, TokenError> {
+    /// A signer for the `n`th of [`PoolOptions::extra_keys`] (from 0),
+    /// sharing this pool's sessions, queue and recovery.
+    pub fn extra_signer(self: &std::sync::Arc<Self>, n: usize) -> Option<ExtraSigner> {
+        let (scheme, spki) = self.extra.get(n)?.clone();
+        Some(ExtraSigner {
+            pool: self.clone(),
+            key: n + 1,
+            scheme,
+            spki,
+        })
+    }
+
+    /// Queues exactly `input` for C_Sign with key `key` and waits for the
+    /// raw output. While the token is unavailable nothing is queued: the
+    /// request fails at once.
+    async fn sign_raw(
+        &self,
+        key: usize,
+        scheme: SignatureScheme,
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, TokenError> {
         if !self.shared.is_ready() {
             return Err(TokenError::Unavailable);
         }
@@ -175,7 +222,13 @@ impl SignerPool {
         // Counted before the send, so a worker's decrement never comes first.
         let queued = &metrics().signer_queue;
         queued.inc();
-        tx.try_send(Job { input, reply }).map_err(|e| {
+        tx.try_send(Job {
+            key,
+            scheme,
+            input,
+            reply,
+        })
+        .map_err(|e| {
             queued.dec();
             match e {
                 flume::TrySendError::Full(_) => TokenError::Busy,
@@ -197,24 +250,55 @@ impl DigestSigner for SignerPool {
 
     fn sign_digest(&self, digest: Vec<u8>) -> SignFuture<'_> {
         Box::pin(async move {
-            let raw = self.sign_raw(self.scheme.token_input(&digest)).await?;
+            let raw = self
+                .sign_raw(0, self.scheme, self.scheme.token_input(&digest))
+                .await?;
             Ok(self.scheme.signature_value(&raw)?)
         })
     }
 }
 
-/// A signing thread's session, the CA key's handle as seen through it, and
-/// the generation of the library it came from.
+/// One of the pool's extra keys as a [`DigestSigner`]: the same digest-only
+/// contract as the CA key, through the same sessions and queue.
+pub struct ExtraSigner {
+    pool: std::sync::Arc<SignerPool>,
+    key: usize,
+    scheme: SignatureScheme,
+    spki: SubjectPublicKeyInfoOwned,
+}
+
+impl DigestSigner for ExtraSigner {
+    fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+
+    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.spki
+    }
+
+    fn sign_digest(&self, digest: Vec<u8>) -> SignFuture<'_> {
+        Box::pin(async move {
+            let raw = self
+                .pool
+                .sign_raw(self.key, self.scheme, self.scheme.token_input(&digest))
+                .await?;
+            Ok(self.scheme.signature_value(&raw)?)
+        })
+    }
+}
+
+/// A signing thread's session, the keys' handles as seen through it (the
+/// CA key first), and the generation of the library it came from.
 struct WorkerSession {
     session: Session,
-    key: ObjectHandle,
+    keys: Vec<ObjectHandle>,
     generation: u64,
 }
 
 /// Why one attempt failed.
 enum Fault {
     Ck(CkError),
-    /// The key is no longer found (exactly once) by its CKA_ID.
+    /// A key is no longer found (exactly once) by its CKA_ID.
     KeyLost,
     /// The token is being rebuilt (no slot in this generation).
     NotReady,
@@ -231,9 +315,7 @@ impl Fault {
     fn into_error(self) -> TokenError {
         match self {
             Self::Ck(e) => TokenError::from_ck(e),
-            Self::KeyLost => {
-                TokenError::Other("the CA key is no longer found by its CKA_ID".into())
-            }
+            Self::KeyLost => TokenError::Other(KEY_LOST.into()),
             Self::NotReady => TokenError::Unavailable,
         }
     }
@@ -245,10 +327,11 @@ impl From<CkError> for Fault {
     }
 }
 
+const KEY_LOST: &str = "a signing key is no longer found by its CKA_ID";
+
 struct Worker {
     shared: std::sync::Arc<Shared>,
     session: Option<WorkerSession>,
-    scheme: SignatureScheme,
 }
 
 impl Worker {
@@ -261,7 +344,7 @@ impl Worker {
                 continue;
             }
             m.signer_busy.inc();
-            let result = self.sign(&job.input);
+            let result = self.sign(job.key, job.scheme, &job.input);
             m.signer_busy.dec();
             let _ = job.reply.send(result);
         }
@@ -274,7 +357,12 @@ impl Worker {
         }
     }
 
-    fn sign(&mut self, input: &[u8]) -> Result<Vec<u8>, TokenError> {
+    fn sign(
+        &mut self,
+        key: usize,
+        scheme: SignatureScheme,
+        input: &[u8],
+    ) -> Result<Vec<u8>, TokenError> {
         if !self.shared.is_ready() {
             // Queued before the token failed: fail as fast as new requests.
             return Err(TokenError::Unavailable);
@@ -282,12 +370,12 @@ impl Worker {
         let shared = self.shared.clone();
         let live = shared.read();
         let generation = live.generation;
-        let first = self.attempt(&live, input);
+        let first = self.attempt(&live, key, scheme, input);
         let outcome = match first {
             Err(f) if f.class() == FaultClass::Session => {
                 tracing::warn!(error = %describe(&f), "signing session lost; reopening and retrying once");
                 self.discard(&f);
-                match self.attempt(&live, input) {
+                match self.attempt(&live, key, scheme, input) {
                     Err(f) if f.class() == FaultClass::Session => {
                         // Persisting after a fresh session: treat the token
                         // as broken.
@@ -324,7 +412,13 @@ impl Worker {
 
     /// One C_Sign, opening (and logging in, and finding the key through) a
     /// new session first when there is none for this generation.
-    fn attempt(&mut self, live: &Live, input: &[u8]) -> Result<Vec<u8>, Fault> {
+    fn attempt(
+        &mut self,
+        live: &Live,
+        key: usize,
+        scheme: SignatureScheme,
+        input: &[u8],
+    ) -> Result<Vec<u8>, Fault> {
         if self
             .session
             .as_ref()
@@ -339,10 +433,14 @@ impl Worker {
             None => {
                 let slot = live.slot.ok_or(Fault::NotReady)?;
                 let session = super::open_session(&live.ctx, slot, false, faults)?;
-                let found = super::login(&session, &self.shared.plan.pin, faults)
-                    .and_then(|()| super::find_private_by_id(&session, &live.key_id, faults));
-                let key = match found {
-                    Ok(Some(key)) => key,
+                let found = super::login(&session, &self.shared.plan.pin, faults).and_then(|()| {
+                    live.key_ids
+                        .iter()
+                        .map(|id| super::find_private_by_id(&session, id, faults))
+                        .collect::<Result<Option<Vec<_>>, _>>()
+                });
+                let keys = match found {
+                    Ok(Some(keys)) => keys,
                     Ok(None) => {
                         let _ = session.close();
                         return Err(Fault::KeyLost);
@@ -354,7 +452,7 @@ impl Worker {
                 };
                 self.session.insert(WorkerSession {
                     session,
-                    key,
+                    keys,
                     generation: live.generation,
                 })
             }
@@ -362,7 +460,8 @@ impl Worker {
         faults.check(Op::Sign)?;
         // Built per call: a Mechanism holds raw pointers and is not Send.
         let started = Instant::now();
-        let signature = ws.session.sign(&mechanism(self.scheme), ws.key, input)?;
+        let handle = *ws.keys.get(key).ok_or(Fault::KeyLost)?;
+        let signature = ws.session.sign(&mechanism(scheme), handle, input)?;
         metrics()
             .sign_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -394,7 +493,7 @@ enum Outcome {
 fn describe(f: &Fault) -> String {
     match f {
         Fault::Ck(e) => e.to_string(),
-        Fault::KeyLost => "the CA key is no longer found by its CKA_ID".into(),
+        Fault::KeyLost => KEY_LOST.into(),
         Fault::NotReady => "the token is being rebuilt".into(),
     }
 }

@@ -47,6 +47,8 @@ pub struct RebuildPlan {
     pub pin: SecretString,
     /// The key checked against the CA certificate at start-up.
     pub spki: SubjectPublicKeyInfoOwned,
+    /// The pool's other keys (set by the pool from its options).
+    pub extra: Vec<super::pool::ExtraKey>,
 }
 
 /// The library and the logged-in token, as of one generation.
@@ -58,7 +60,8 @@ pub(crate) struct Live {
     /// Holds the login session (`Session` is not `Sync`, hence the mutex;
     /// it is only reached through the write lock, via `get_mut`).
     token: Mutex<Option<Token>>,
-    pub key_id: Vec<u8>,
+    /// The CKA_IDs of the pool's keys, the CA key first.
+    pub key_ids: Vec<Vec<u8>>,
     /// Bumped by every rebuild: sessions and object handles from an older
     /// generation belong to a finalized library and are only forgotten.
     pub generation: u64,
@@ -81,7 +84,7 @@ pub(crate) enum Wake {
 impl Shared {
     pub fn new(
         token: Token,
-        key_id: Vec<u8>,
+        key_ids: Vec<Vec<u8>>,
         plan: RebuildPlan,
         faults: Arc<FaultInjector>,
     ) -> (Arc<Self>, flume::Receiver<Wake>) {
@@ -92,7 +95,7 @@ impl Shared {
                 ctx: token.context().clone(),
                 slot: Some(token.slot()),
                 token: Mutex::new(Some(token)),
-                key_id,
+                key_ids,
                 generation: 0,
             }),
             generation: AtomicU64::new(0),
@@ -177,9 +180,26 @@ impl Shared {
                 found: fingerprint(&key.spki),
             });
         }
+        let mut key_ids = vec![key.id];
+        for extra in &self.plan.extra {
+            // Found by CKA_ID, not by label: a rotation relabels keys, and
+            // the running pool signs with the key it started with.
+            let sel = KeySelector {
+                label: None,
+                id: Some(extra.key.id.clone()),
+            };
+            let found = token.find_ca_key(&sel, extra.key_type)?;
+            if found.spki != extra.key.spki {
+                return Err(TokenError::KeyChanged {
+                    expected: fingerprint(&extra.key.spki),
+                    found: fingerprint(&found.spki),
+                });
+            }
+            key_ids.push(found.id);
+        }
         live.slot = Some(token.slot());
         *live.token.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(token);
-        live.key_id = key.id;
+        live.key_ids = key_ids;
         live.generation += 1;
         self.generation.store(live.generation, Ordering::Release);
         Ok(())
