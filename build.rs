@@ -1,5 +1,6 @@
 //! Compiles `proto/hsmca/v1/hsmca.proto` with protox (pure Rust, so no system
-//! `protoc` is needed) and keeps the descriptor set for gRPC reflection; and
+//! `protoc` is needed) and keeps the descriptor set for gRPC reflection (and
+//! the same for the SPIFFE Workload API, `proto/spiffe/workload.proto`); and
 //! records the git commit the binary is built from, for `hsmca --version`.
 
 use std::{env, fs, path::PathBuf, process::Command};
@@ -19,7 +20,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    workload_api(&out)?;
     git_commit();
+    Ok(())
+}
+
+/// The SPIFFE Workload API (`proto/spiffe/workload.proto`, no package: its
+/// code is `_.rs`), with its own descriptor set so that reflection on the
+/// workload socket lists it and the API socket's does not.
+fn workload_api(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/spiffe/workload.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto/spiffe"])?;
+    fs::write(out.join("workload_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
     Ok(())
 }
 

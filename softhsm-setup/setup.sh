@@ -290,6 +290,19 @@ allow_wildcards = true
 # admin = true
 # profiles = ["client", "server", "intermediate"]
 # dns = ["*.svc.example"]
+
+# The SPIFFE Workload API on a second socket (see the README, "SPIFFE
+# workload identities"): callers are identified by the kernel, and every
+# local user gets spiffe://hsmca.test/user/<name>, on a P-256 key, for 1 h.
+[workload]
+socket = $(toml_str "$dir/workload.sock")
+socket_mode = "0666"
+trust_domain = "hsmca.test"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+key_type = "p256"
+ttl = "1h"
 EOF
     chmod 0644 "$tmp"
     # mv -n: never replace a file that appeared in the meantime.

@@ -72,6 +72,9 @@ pub struct CrlPublisher {
     current: RwLock<Option<Arc<CrlRecord>>>,
     /// One CRL is made at a time, so numbers never repeat or go backwards.
     making: Mutex<()>,
+    /// Every CRL made or loaded, for those who hand it out as it changes
+    /// (the workload endpoint).
+    updates: tokio::sync::watch::Sender<Option<Arc<CrlRecord>>>,
 }
 
 impl CrlPublisher {
@@ -88,7 +91,13 @@ impl CrlPublisher {
             validity,
             current: RwLock::new(None),
             making: Mutex::new(()),
+            updates: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// The latest CRL made or loaded, as it changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<CrlRecord>>> {
+        self.updates.subscribe()
     }
 
     /// The CRL to hand out: the last one made, unless it has passed the
@@ -103,6 +112,7 @@ impl CrlPublisher {
             let stored = Arc::new(stored);
             if !self.stale(&stored) {
                 *self.current.write().await = Some(stored.clone());
+                self.updates.send_replace(Some(stored.clone()));
                 return Ok(stored);
             }
         }
@@ -152,6 +162,7 @@ impl CrlPublisher {
         self.store.save_crl(record.clone()).await?;
         let record = Arc::new(record);
         *self.current.write().await = Some(record.clone());
+        self.updates.send_replace(Some(record.clone()));
         tracing::info!(number, revoked = revoked.len(), "published CRL");
         Ok(record)
     }

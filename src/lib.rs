@@ -34,3 +34,4 @@ pub mod systemd;
 pub mod time;
 pub mod token;
 pub mod verify;
+pub mod workload;

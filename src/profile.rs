@@ -15,6 +15,9 @@ pub enum LeafProfile {
     /// A CA certificate for a subordinate signer (mesh agents): pathLen 0,
     /// name constraints from the policy rule that granted it.
     Intermediate,
+    /// A SPIFFE X509-SVID for a workload (serverAuth and clientAuth). Made
+    /// only by the workload endpoint; no request can name it.
+    Svid,
 }
 
 impl LeafProfile {
@@ -31,6 +34,7 @@ impl LeafProfile {
             Self::Client => "client",
             Self::Server => "server",
             Self::Intermediate => "intermediate",
+            Self::Svid => "svid",
         }
     }
 }

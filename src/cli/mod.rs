@@ -12,7 +12,9 @@ pub mod init;
 pub mod records;
 pub mod requests;
 pub mod serve;
+pub mod serve_workload;
 pub mod status;
+pub mod workload;
 
 use std::path::PathBuf;
 
@@ -81,6 +83,10 @@ pub enum Command {
     /// The audit log: every signature and every refusal, hash-chained.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The SPIFFE workload endpoint: fetch this process's SVIDs, list the
+    /// registration entries.
+    #[command(subcommand)]
+    Workload(workload::WorkloadCommand),
     /// Measure issuance against the token's own signing rate, on a fresh
     /// token and a daemon started for the purpose (see BENCHMARKS.md).
     Bench(Box<crate::bench::BenchArgs>),
@@ -185,6 +191,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Request(cmd) => requests::run(cmd).await,
         Command::Status(args) => status::status(args).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Workload(cmd) => workload::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
         Command::GenerateDocs { dir } => docs::generate(&dir),

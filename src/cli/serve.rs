@@ -83,7 +83,11 @@ pub fn init_logging(cfg: &Config) -> CliResult {
 /// invalid config is refused with the reason logged, and the running one
 /// stays; connections and requests in flight are not touched (a request
 /// already past its policy check finishes under the policy that granted it).
-async fn reload_on_hup(path: std::path::PathBuf, auth: Arc<Authorizer>) {
+async fn reload_on_hup(
+    path: std::path::PathBuf,
+    auth: Arc<Authorizer>,
+    workload: Option<crate::workload::Workload>,
+) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
         return;
@@ -104,6 +108,11 @@ async fn reload_on_hup(path: std::path::PathBuf, auth: Arc<Authorizer>) {
             ),
             Ok((cfg, policy, filter)) => {
                 auth.replace(policy);
+                if let Some(w) = &workload
+                    && let Err(e) = w.reload(&cfg.workload)
+                {
+                    tracing::warn!(error = %e, "SIGHUP: workload entries not reloaded");
+                }
                 if let Some(set) = SET_FILTER.get()
                     && let Err(e) = set(filter)
                 {
@@ -301,8 +310,14 @@ async fn serve_with(
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
     let auth = Arc::new(Authorizer::new(policy));
+    let workload =
+        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone()).await?;
     let mut reloader = tokio::task::JoinSet::new();
-    reloader.spawn(reload_on_hup(config_path.to_owned(), auth.clone()));
+    reloader.spawn(reload_on_hup(
+        config_path.to_owned(),
+        auth.clone(),
+        workload.as_ref().map(|w| w.workload.clone()),
+    ));
     let requests = Arc::new(Requests::new(
         auth.clone(),
         issuer.clone(),

@@ -17,6 +17,7 @@ mod requests;
 mod server;
 mod state;
 mod token;
+mod workload;
 
 pub use self::{
     ca::{CaConfig, CrlConfig, DigestAlg, ProfileBounds, ProfilesConfig, RsaPadding},
@@ -25,6 +26,7 @@ pub use self::{
     server::{Limits, MetricsConfig, ServerConfig},
     state::{LogConfig, LogFormat, StateConfig},
     token::{KeyType, TokenConfig, TokenLocator},
+    workload::{DEFAULT_TTL, EntryConfig, PLACEHOLDERS, WorkloadConfig, WorkloadKeyType},
 };
 
 /// Environment variables with this prefix and a `__` separator override
@@ -74,6 +76,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub workload: WorkloadConfig,
 }
 
 impl Config {
@@ -158,6 +162,15 @@ impl Config {
         self.state.validate()?;
         self.crl.validate()?;
         self.requests.validate()?;
+        self.workload.validate()?;
+        if self.workload.socket.as_deref() == Some(self.server.socket.as_path())
+            || (self.workload.enabled() && self.workload.socket == self.metrics_socket())
+        {
+            return Err(invalid(
+                "workload.socket",
+                "must differ from server.socket and metrics.socket",
+            ));
+        }
         self.profiles.validate()
     }
 }

@@ -216,7 +216,7 @@ impl MetricsConfig {
     }
 }
 
-fn parse_mode(s: &str) -> Option<u32> {
+pub(super) fn parse_mode(s: &str) -> Option<u32> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     if digits.is_empty() || digits.len() > 4 {
         return None;

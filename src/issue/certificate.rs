@@ -278,6 +278,8 @@ fn extended_key_usage(
     let ekus = match profile {
         LeafProfile::Client => vec![ID_KP_CLIENT_AUTH],
         LeafProfile::Server => vec![ID_KP_SERVER_AUTH],
+        // X509-SVID.md §4.4: a leaf SVID is for TLS both ways.
+        LeafProfile::Svid => vec![ID_KP_SERVER_AUTH, ID_KP_CLIENT_AUTH],
         LeafProfile::Intermediate => {
             let mut ekus = Vec::new();
             if let Some(p) = permitted {

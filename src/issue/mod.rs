@@ -20,6 +20,7 @@ pub mod csr;
 mod offload;
 pub mod request;
 pub mod subject_key;
+pub mod svid;
 
 use std::{
     collections::BTreeMap,
@@ -205,7 +206,8 @@ impl Issuer {
             ))
         })?;
         let bounds = match profile {
-            LeafProfile::Client => self.profiles.client,
+            // `parse` never gives `Svid`: SVIDs come from `decide_svid`.
+            LeafProfile::Client | LeafProfile::Svid => self.profiles.client,
             LeafProfile::Server => self.profiles.server,
             LeafProfile::Intermediate => self.profiles.intermediate,
         };

@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod summary;
+pub mod workload;
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -82,6 +83,8 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// Unix time the daemon started.
     pub start_time: Gauge,
+    /// The workload endpoint (SPIFFE Workload API, SDS).
+    pub workload: workload::WorkloadMetrics,
 }
 
 impl Metrics {
@@ -105,8 +108,10 @@ impl Metrics {
             deadline_exceeded: Counter::default(),
             watchers: Gauge::default(),
             start_time: Gauge::default(),
+            workload: workload::WorkloadMetrics::default(),
             registry: Registry::default(),
         };
+        m.workload.register(&mut r);
         r.register(
             "hsmca_certificates_issued",
             "Certificates issued by GenerateClientCertificate",

@@ -11,7 +11,20 @@ use crate::{
     sds::SdsError,
     signing::SignError,
     store::StoreError,
+    workload::AttestError,
 };
+
+impl From<AttestError> for Status {
+    fn from(e: AttestError) -> Self {
+        match e {
+            AttestError::Proc(_) => {
+                tracing::error!(error = %e, "workload attestation could not read /proc");
+                Status::unavailable("the caller could not be attested right now; retry shortly")
+            }
+            e => Status::permission_denied(format!("the caller could not be attested: {e}")),
+        }
+    }
+}
 
 impl From<IssueError> for Status {
     fn from(e: IssueError) -> Self {

@@ -11,6 +11,9 @@ pub mod replies;
 pub mod requests;
 pub mod service;
 pub mod socket;
+pub mod workload;
+pub mod workload_api;
+pub mod workload_jwt;
 
 use std::future::Future;
 

@@ -1,0 +1,89 @@
+//! The workload endpoint's metrics: SVIDs made, open streams, attestation
+//! refusals. One struct, so the services on the workload socket (Workload
+//! API, SDS, JWT) count in one place.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// `workload` (the SPIFFE Workload API) or `sds`.
+    pub api: &'static str,
+}
+
+#[derive(Default)]
+pub struct WorkloadMetrics {
+    /// X509-SVIDs signed, first issues and rotations alike.
+    pub svids_issued: Counter,
+    /// X509-SVIDs signed to replace one (rotation, revocation, changed entry).
+    pub svids_rotated: Counter,
+    /// SVIDs that could not be signed (retried).
+    pub svid_failures: Counter,
+    /// JWT-SVIDs signed.
+    pub jwt_svids_signed: Counter,
+    /// Streams open on the workload socket, by API.
+    pub streams: Family<ApiLabels, Gauge>,
+    /// Callers refused by attestation (exited, PID reused, unreadable).
+    pub attestation_refusals: Counter,
+    /// Calls refused because no registration entry matches the caller.
+    pub denied: Counter,
+}
+
+impl WorkloadMetrics {
+    pub(super) fn register(&self, r: &mut Registry) {
+        r.register(
+            "hsmca_workload_svids_issued",
+            "X509-SVIDs signed for workloads",
+            self.svids_issued.clone(),
+        );
+        r.register(
+            "hsmca_workload_svids_rotated",
+            "X509-SVIDs signed to replace an earlier one (rotation, revocation, changed entry)",
+            self.svids_rotated.clone(),
+        );
+        r.register(
+            "hsmca_workload_svid_failures",
+            "X509-SVIDs that could not be signed (retried)",
+            self.svid_failures.clone(),
+        );
+        r.register(
+            "hsmca_workload_jwt_svids_signed",
+            "JWT-SVIDs signed for workloads",
+            self.jwt_svids_signed.clone(),
+        );
+        r.register(
+            "hsmca_workload_streams",
+            "Streams open on the workload socket, by API",
+            self.streams.clone(),
+        );
+        r.register(
+            "hsmca_workload_attestation_refusals",
+            "Workload callers refused by attestation",
+            self.attestation_refusals.clone(),
+        );
+        r.register(
+            "hsmca_workload_denied",
+            "Workload calls refused because no registration entry matches",
+            self.denied.clone(),
+        );
+    }
+
+    /// Counts a stream of `api` while the guard lives.
+    pub fn stream(&'static self, api: &'static str) -> StreamGuard {
+        let g = self.streams.get_or_create(&ApiLabels { api }).clone();
+        g.inc();
+        StreamGuard(g)
+    }
+}
+
+/// Counts one open stream until dropped.
+pub struct StreamGuard(Gauge);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
