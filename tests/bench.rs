@@ -1,5 +1,5 @@
 //! `hsmca bench` in its smallest form: one key type, one client, one
-//! second, a tiny renewal wave, no OpenSSL peer. A behaviour test: the run
+//! second, a tiny renewal wave, a burst of 4 RSA-8192 CSRs, no OpenSSL peer. A behaviour test: the run
 //! finishes and the JSON carries every figure BENCHMARKS.md is made from.
 //! It never asserts a speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -44,6 +44,8 @@ fn bench_minimal_run_reports_every_figure() {
                 "1",
                 "--wave",
                 "20",
+                "--csr-burst",
+                "4",
                 "--no-peer",
                 "--setup",
             ])
@@ -91,6 +93,10 @@ fn bench_minimal_run_reports_every_figure() {
     assert_eq!(number(r, "wave.renewed"), 20.0);
     number(r, "wave.client_before.p99_ms");
     number(r, "wave.client_during_renewals.p99_ms");
+    assert_eq!(number(r, "csr_burst.csrs_per_burst"), 4.0);
+    assert!(number(r, "csr_burst.bursts") >= 1.0);
+    assert_eq!(number(r, "csr_burst.burst_errors"), 0.0);
+    number(r, "csr_burst.client_during.p99_ms");
     assert!(r.get("peer").is_none(), "--no-peer still ran the peer");
     let targets = field(r, "targets").as_array().unwrap();
     assert!(!targets.is_empty());

@@ -4,7 +4,7 @@
 //! throughout. Its latency alone and during the burst is printed, not
 //! asserted (speed is measured, see BENCHMARKS.md).
 //!
-//! tests/data/rsa8192-csr.pem was made by OpenSSL:
+//! src/bench/data/rsa8192-csr.pem was made by OpenSSL:
 //! `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:8192 -out k.pem`
 //! `openssl req -new -key k.pem -subj /CN=big -out rsa8192-csr.pem`
 //! (the key is not kept: a CSR holds only the public half).
@@ -47,8 +47,14 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rsa8192_csr_burst_all_succeed_and_an_interactive_client_is_served() {
-    let ca = Ca::started("p256");
-    let csr = std::fs::read_to_string(common::repo().join("tests/data/rsa8192-csr.pem")).unwrap();
+    // The CSR checks run at a lower CPU priority (issue::offload): on a
+    // machine kept busy by other work, an unoptimised build's 200 RSA-8192
+    // verifications can outlast the default 30 s request limit. This test
+    // is about every request succeeding, not about how fast.
+    let mut ca = Ca::with_env("p256", &[("HSMCA_SERVER__REQUEST_TIMEOUT", "10m")]);
+    ca.start();
+    let csr =
+        std::fs::read_to_string(common::repo().join("src/bench/data/rsa8192-csr.pem")).unwrap();
     let key = KeyPair::new(ca.dir.path(), "p256");
     // Warm up, then the interactive client alone.
     interactive(&ca, &key, 5).await;

@@ -12,6 +12,14 @@ Usage: python workload_client.py SOCKET COMMAND [ARGS]
   jwt                FetchJWTSVID with the header: the code
   rotate N SECONDS   an X509Source; prints the distinct serials it saw
                      (at most N, within SECONDS)
+  hold SECONDS       a FetchX509SVID stream: prints "first" after the first
+                     message, then the code that ends the stream (or
+                     "TIMEOUT")
+  mtls SRV CLI [CRL] a TLS 1.3 handshake over loopback between the SVIDs in
+                     directories SRV and CLI (svid.pem, svid.key,
+                     bundle.pem), both sides requiring and verifying the
+                     other's certificate against the bundle, the server also
+                     against the CRL (PEM) when given; prints the result
 """
 
 import json
@@ -128,8 +136,69 @@ def main():
             time.sleep(0.1)
         source.close()
         print(json.dumps({"serials": seen}))
+    elif cmd == "hold":
+        seconds = float(sys.argv[3])
+        stream = stub(sock).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=seconds)
+        try:
+            for i, _ in enumerate(stream):
+                if i == 0:
+                    print("first", flush=True)
+            print(json.dumps({"code": "OK"}))
+        except grpc.RpcError as e:
+            code = "TIMEOUT" if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else e.code().name
+            print(json.dumps({"code": code, "message": e.details()}), flush=True)
+    elif cmd == "mtls":
+        print(json.dumps(mtls(sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)))
     else:
         raise SystemExit(f"unknown command {cmd!r}")
+
+
+def mtls(srv, cli, crl):
+    import socket
+    import ssl
+
+    def ctx(side, d):
+        c = ssl.SSLContext(side)
+        c.minimum_version = ssl.TLSVersion.TLSv1_3
+        c.load_cert_chain(f"{d}/svid.pem", f"{d}/svid.key")
+        c.load_verify_locations(cafile=f"{d}/bundle.pem")
+        c.verify_mode = ssl.CERT_REQUIRED
+        c.check_hostname = False
+        return c
+
+    sctx = ctx(ssl.PROTOCOL_TLS_SERVER, srv)
+    if crl:
+        sctx.load_verify_locations(cafile=crl)
+        sctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    cctx = ctx(ssl.PROTOCOL_TLS_CLIENT, cli)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    result = {}
+
+    def serve():
+        conn, _ = lsock.accept()
+        try:
+            with sctx.wrap_socket(conn, server_side=True) as tls:
+                peer = tls.getpeercert()
+                result["server_saw"] = [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as e:
+            result["server_error"] = str(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with socket.create_connection(lsock.getsockname()) as raw:
+            with cctx.wrap_socket(raw) as tls:
+                peer = tls.getpeercert()
+                result["client_saw"] = [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
+                result["read"] = tls.recv(2).decode()
+    except (ssl.SSLError, OSError) as e:
+        result["client_error"] = str(e)
+    t.join(10)
+    result["ok"] = result.get("read") == "ok" and "server_error" not in result
+    return result
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 //! init`, measures the token's own C_Sign rate through as many sessions as
 //! the daemon uses, then starts `hsmca serve` as a child process and drives
 //! it over its Unix socket: issuance at several concurrencies, reads by id,
-//! request_id replays, a renewal wave beside an interactive client; and the
+//! request_id replays, a renewal wave and a burst of RSA-8192 CSRs, each
+//! beside an interactive client; and the
 //! OpenSSL command line as a peer. The daemon's CPU time and memory come
 //! from /proc/PID. Figures are printed as a table, or as JSON with `--json`.
 
+pub mod burst;
 pub mod daemon;
 pub mod load;
 pub mod peer;
@@ -64,6 +66,9 @@ pub struct BenchArgs {
     /// Skip the OpenSSL peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
+    #[arg(long, default_value_t = 200)]
+    pub csr_burst: usize,
     /// Path of softhsm-setup/setup.sh (default: found from the working
     /// directory, the source tree, or the binary's location).
     #[arg(long)]
@@ -161,6 +166,18 @@ async fn bench_key(
     } else {
         None
     };
+    let csr_burst = if args.csr_burst == 0 {
+        None
+    } else {
+        progress(
+            args,
+            &format!(
+                "{key}: bursts of {} RSA-8192 CSRs beside an interactive client",
+                args.csr_burst
+            ),
+        );
+        Some(burst::run(&socket, keys.clone(), args.csr_burst, seconds).await?)
+    };
     let daemon = DaemonFigures {
         ready_ms,
         token_ms,
@@ -191,6 +208,7 @@ async fn bench_key(
         get_by_id,
         replay,
         wave,
+        csr_burst,
         peer,
         peer_ratio,
         targets: Vec::new(),

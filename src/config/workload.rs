@@ -281,3 +281,97 @@ impl EntryConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn check(toml_text: &str) -> Result<WorkloadConfig, String> {
+        let c: WorkloadConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    const HEAD: &str = "socket = \"/run/w.sock\"\ntrust_domain = \"example.org\"\n";
+
+    #[test]
+    fn a_good_section_and_its_defaults() {
+        let c = check(&format!(
+            "{HEAD}[[entries]]\nspiffe_id = \"spiffe://example.org/u/{{user}}/{{uid}}/{{unit}}\"\nuid = 5\ndns_names = [\"a.example.org\"]\nkey_type = \"rsa2048\"\nhint = \"x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.entries[0].ttl(), DEFAULT_TTL);
+        assert_eq!(c.entries[0].key_type, WorkloadKeyType::Rsa2048);
+        assert_eq!(c.socket_mode_bits(), 0o666);
+        assert!(check("").is_ok(), "off by default, nothing to check");
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let entry = |body: &str| format!("{HEAD}[[entries]]\n{body}\n");
+        for (text, key) in [
+            (
+                "socket = \"/w\"\ntrust_domain = \"Example.org\"".to_owned(),
+                "workload.trust_domain",
+            ),
+            (
+                "socket = \"/w\"\ntrust_domain = \"example.org/x\"".to_owned(),
+                "workload.trust_domain",
+            ),
+            (format!("{HEAD}rotate_at = 1.0"), "workload.rotate_at"),
+            (
+                format!("{HEAD}rotation_jitter = 0.6"),
+                "workload.rotation_jitter",
+            ),
+            (
+                format!("{HEAD}socket_mode = \"abc\""),
+                "workload.socket_mode",
+            ),
+            (format!("{HEAD}min_ttl = \"0s\""), "workload.min_ttl"),
+            (
+                entry("spiffe_id = \"spiffe://other.org/x\""),
+                "workload.entries[0].spiffe_id",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org/{name}\""),
+                "workload.entries[0].spiffe_id",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org/a/../b\""),
+                "workload.entries[0].spiffe_id",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org\""),
+                "workload.entries[0].spiffe_id",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org/x\"\nttl = \"10s\""),
+                "workload.entries[0].ttl",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org/x\"\ndns_names = [\"*.example.org\"]"),
+                "workload.entries[0].dns_names",
+            ),
+            (
+                entry("spiffe_id = \"spiffe://example.org/x\"\nexe = \"envoy\""),
+                "workload.entries[0].exe",
+            ),
+        ] {
+            let err = check(&text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // An unknown key or key type is refused by name when parsing.
+        let err = check(&format!(
+            "{HEAD}[[entries]]\nspiffe_id = \"spiffe://example.org/x\"\npid = 1\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("pid"), "{err}");
+        let err = check(&format!(
+            "{HEAD}[[entries]]\nspiffe_id = \"spiffe://example.org/x\"\nkey_type = \"ed25519\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("ed25519"), "{err}");
+    }
+}

@@ -165,8 +165,6 @@ pub struct Issuer {
     ca: Arc<CaChain>,
     profiles: ProfilesConfig,
     backdate: Duration,
-    /// Bounds the CSR checks running at once (see [`offload`]).
-    csr_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Issuer {
@@ -182,7 +180,6 @@ impl Issuer {
             ca,
             profiles,
             backdate,
-            csr_checks: offload::csr_check_permits(),
         }
     }
 
