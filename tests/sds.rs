@@ -187,7 +187,7 @@ async fn envoy_protocol_and_refusals() {
             .contains("\"rootca\"")
     );
     assert!(seen["delta"].is_string());
-    assert_eq!(seen["served_after"].as_array().unwrap().len(), 7, "{seen}");
+    assert_eq!(seen["served_after"].as_array().unwrap().len(), 9, "{seen}");
 
     // openssl on what was served
     check_served(&out, "default", "ROOTCA", &id);
@@ -294,4 +294,62 @@ async fn a_caller_without_an_entry_is_denied() {
         "{seen}"
     );
     ca.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_svid_is_replaced_on_the_stream() {
+    let mut ca = Ca::new("p256");
+    ca.make_root_admin();
+    workload_config(&ca, "1h");
+    ca.start();
+    let out = ca.path("sds-out");
+    let mut child = client_command(&ca, "push", &out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut version = String::new();
+    reader.read_line(&mut version).unwrap();
+    assert!(!version.trim().is_empty(), "{}", ca.log());
+
+    let id = format!("spiffe://{TRUST_DOMAIN}/sds/root");
+    let list = run_ok(
+        ca.hsmca()
+            .args(["list", "--json", "--tag"])
+            .arg(format!("hsmca:spiffe-id={id}"))
+            .arg("--socket")
+            .arg(ca.socket()),
+    );
+    let records: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let records = records["client_certificates"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = records[0]["certificate_id"].as_str().unwrap();
+    run_ok(
+        ca.hsmca()
+            .args(["revoke", record, "--reason", "keyCompromise", "--socket"])
+            .arg(ca.socket()),
+    );
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}\n{}", ca.log());
+    let seen: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    let versions = seen["versions"].as_array().unwrap();
+    assert_eq!(versions[0], version.trim());
+    assert!(versions.len() >= 2, "{seen}");
+    let leaf = |f: &str| split_pem(&out.join(f))[0].clone();
+    assert_ne!(leaf("before.chain.pem"), leaf("default.chain.pem"));
+    let serial = |f: &str| {
+        let p = out.join(format!("{f}.serial.pem"));
+        std::fs::write(&p, leaf(f)).unwrap();
+        openssl(&["x509", "-in", p.to_str().unwrap(), "-noout", "-serial"])
+    };
+    let old = serial("before.chain.pem");
+    assert!(
+        old.to_lowercase()
+            .contains(&records[0]["serial_number"].as_str().unwrap().to_lowercase()),
+        "{old} vs {records:?}"
+    );
+    assert_ne!(old, serial("default.chain.pem"));
 }

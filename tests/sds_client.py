@@ -13,7 +13,9 @@ SCENARIO is one of:
             SVID rotates, with the same new certificate;
   denied    a caller with no entry: StreamSecrets and FetchSecrets refused;
   hold      three streams answered, then "holding 3" on stdout, held open
-            until a line arrives on stdin.
+            until a line arrives on stdin;
+  push      one stream answered and acknowledged, its version printed on
+            stdout; after a line on stdin, the next version must be pushed.
 
 The secrets served are written to OUT_DIR as PEM files (default.chain.pem,
 default.key.pem, rootca.pem, ...) for openssl to check; a JSON summary of
@@ -326,6 +328,14 @@ def protocol(stub, out_dir):
                                     lambda: fetch(stub, [long_name]), contains="n" * 100)
     check(len(seen["long_name"]) < 2000, "the error repeats a long name in full")
     still_serves(stub, "a 5000-character name", seen)
+    many = [f"{TRUST_DOMAIN_ID}/n/{i:05}" for i in range(10000)]
+    seen["many_names"] = expect_code("FetchSecrets 10,000 unknown names", grpc.StatusCode.INVALID_ARGUMENT,
+                                     lambda: fetch(stub, many), contains="and 9995 more")
+    check(len(seen["many_names"]) < 2000, "the error lists every refused name")
+    still_serves(stub, "10,000 unknown names", seen)
+    seen["oversize"] = expect_code("FetchSecrets over 1 MiB", grpc.StatusCode.OUT_OF_RANGE,
+                                   lambda: fetch(stub, ["x" * 4096] * 300))
+    still_serves(stub, "a request over 1 MiB", seen)
     return seen
 
 
@@ -401,6 +411,31 @@ def hold(stub, out_dir):
     return {"held": len(streams)}
 
 
+def push(stub, out_dir):
+    s = Stream(stub, "stream")
+    s.send(["default"])
+    r = s.recv("first request")
+    s.send(["default"], version=r.version_info, nonce=r.nonce)
+    chain, _ = tls_certificate(secrets(r)["default"])
+    open(os.path.join(out_dir, "before.chain.pem"), "w").write(chain)
+    print(r.version_info, flush=True)
+    sys.stdin.readline()
+    # A revocation changes the CRL, then the SVID: each change is a version
+    # of its own, and each is pushed.
+    versions = [r.version_info]
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        p = s.recv("push after the change", timeout=max(0.1, deadline - time.monotonic()))
+        check(p.version_info not in versions, f"a push without a new version: {p.version_info}")
+        versions.append(p.version_info)
+        s.send(["default"], version=p.version_info, nonce=p.nonce)
+        if tls_certificate(secrets(p)["default"])[0] != chain:
+            break
+    save(out_dir, secrets(p)["default"])
+    s.close()
+    return {"versions": versions}
+
+
 def main():
     global RAW_CHANNEL
     if len(sys.argv) != 4:
@@ -410,7 +445,8 @@ def main():
     channel = grpc.insecure_channel("unix://" + os.path.abspath(socket))
     RAW_CHANNEL = channel
     stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
-    run = {"protocol": protocol, "rotation": rotation, "denied": denied, "hold": hold}.get(scenario)
+    run = {"protocol": protocol, "rotation": rotation, "denied": denied, "hold": hold,
+           "push": push}.get(scenario)
     if run is None:
         fail(f"unknown scenario {scenario!r}")
     seen = run(stub, out_dir)

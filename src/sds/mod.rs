@@ -11,12 +11,17 @@ pub mod secrets;
 #[derive(Debug, thiserror::Error)]
 pub enum SdsError {
     #[error(
-        "the caller may not have the secret(s) {}; it may ask for {}",
+        "the caller may not have the secret(s) {}{}; it may ask for {}",
         quoted(names),
+        if *more > 0 { format!(" and {more} more") } else { String::new() },
         quoted(served)
     )]
     UnknownNames {
+        /// The first few names refused (each shortened), so that the
+        /// message stays small whatever the request held.
         names: Vec<String>,
+        /// How many more were refused.
+        more: usize,
         served: Vec<String>,
     },
     #[error(

@@ -55,6 +55,9 @@ pub struct Identity<'a> {
     pub bundle: &'a [Vec<u8>],
 }
 
+/// How many refused names an error spells out.
+const MAX_NAMED: usize = 5;
+
 /// The type URL of every resource served, and the only one a request may
 /// name.
 pub fn type_url() -> String {
@@ -97,14 +100,15 @@ pub fn select<'n>(
         } else if let Some(svid) = find_svid(id, name) {
             out.push(tls_certificate(name, svid)?);
         } else {
-            unknown.push(shorten(name));
+            unknown.push(name);
         }
     }
     if unknown.is_empty() {
         Ok(out)
     } else {
         Err(SdsError::UnknownNames {
-            names: unknown,
+            names: unknown.iter().take(MAX_NAMED).map(|n| shorten(n)).collect(),
+            more: unknown.len().saturating_sub(MAX_NAMED),
             served: served_names(id),
         })
     }
@@ -335,6 +339,19 @@ mod tests {
                 "the error lists what may be asked: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn many_refused_names_give_a_short_error() {
+        let (chains, bundle) = fixtures();
+        let id = identity(&chains, &bundle);
+        let names: Vec<String> = (0..10_000).map(|i| format!("name-{i:05}")).collect();
+        let e = select(&id, names.iter().map(String::as_str)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("\"name-00000\""), "{msg}");
+        assert!(msg.contains("\"name-00004\" and 9995 more"), "{msg}");
+        assert!(!msg.contains("name-00005"), "{msg}");
+        assert!(msg.len() < 1000, "{msg}");
     }
 
     #[test]
