@@ -353,3 +353,28 @@ async fn a_revoked_svid_is_replaced_on_the_stream() {
     );
     assert_ne!(old, serial("default.chain.pem"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_stops_cleanly_with_sds_streams_open() {
+    let mut ca = daemon("1h");
+    let out = ca.path("sds-out");
+    let mut child = client_command(&ca, "hold", &out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "holding 3", "{}", ca.log());
+    let status = ca.stop();
+    assert!(status.success(), "{status}\n{}", ca.log());
+    assert!(
+        !workload_socket(&ca).exists(),
+        "the workload socket was left behind"
+    );
+    child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let _ = child.wait().unwrap();
+}
