@@ -217,6 +217,17 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json[0]["spiffe_id"], "spiffe://hsmca.test/user/root");
     assert!(!json.to_string().contains("PRIVATE KEY"));
+    let entries = run_ok(
+        ca.hsmca()
+            .args(["workload", "entries", "--config"])
+            .arg(ca.config()),
+    );
+    let entries = String::from_utf8_lossy(&entries.stdout);
+    assert!(
+        entries.contains("[0] every caller -> spiffe://hsmca.test/user/{user} ttl 1h key p256")
+            && entries.contains("root (uid 0): spiffe://hsmca.test/user/root"),
+        "{entries}"
+    );
 
     // No private key in the state directory, the store or the log.
     let key_pem = std::fs::read_to_string(out.join("svid.key")).unwrap();
@@ -226,6 +237,23 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
         .collect();
     let key_der = base64_decode(&key_b64);
     ca.stop();
+    // The SVID's signature is in the audit log like every other.
+    let audit = run_ok(
+        ca.hsmca()
+            .args(["audit", "list", "--json", "--config"])
+            .arg(ca.config()),
+    );
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let serial = records[0]["serial_number"].as_str().unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"operation\":\"workload svid\"")
+                && l.contains("URI:spiffe://hsmca.test/user/root")
+                && l.contains(serial)
+                && l.contains("\"profile\":\"svid\"")),
+        "{audit}"
+    );
     let mut looked = 0;
     for path in files_under(&ca.path("state"))
         .into_iter()
@@ -322,9 +350,14 @@ uid = 1
 [[workload.entries]]
 spiffe_id = "spiffe://hsmca.test/group/daemon"
 group = "daemon"
-hint = "second"
+hint = "{hint}"
 "#,
-            sock.display()
+            sock.display(),
+            hint = if with_nobody {
+                "second"
+            } else {
+                "second, changed"
+            },
         )
     };
     let mut ca = with_workload(&entries(true));
@@ -373,7 +406,16 @@ hint = "second"
         client_as(Some(65534), &sock, &["raw"])["code"],
         "PERMISSION_DENIED"
     );
-    assert_eq!(client_as(Some(1), &sock, &["raw"])["code"], "OK");
+    // A changed entry gives a new SVID; an unchanged one keeps its own.
+    let hints = client_as(Some(1), &sock, &["hints"]);
+    assert_eq!(
+        hints["result"],
+        serde_json::json!([
+            ["spiffe://hsmca.test/daemon", ""],
+            ["spiffe://hsmca.test/group/daemon", "second, changed"]
+        ]),
+        "{hints}"
+    );
     assert!(metric(&ca, "hsmca_workload_denied_total").await >= 5.0);
 }
 
@@ -585,6 +627,7 @@ ttl = "24s"
         wave(250).await;
     }
     let after_10k = rss_kib(pid);
+    eprintln!("daemon RSS after 1,000 streams: {after_1k} KiB; after 10,000: {after_10k} KiB");
     assert!(
         after_10k < after_1k + 16 * 1024,
         "RSS grew from {after_1k} KiB to {after_10k} KiB"
@@ -640,4 +683,122 @@ async fn a_caller_that_exited_gets_nothing() {
     );
     // A live caller still gets its SVID.
     assert_eq!(client(&sock, &["raw"])["code"], "OK");
+}
+
+fn plan(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_token_outage_keeps_the_current_svid_and_signing_is_retried() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+retry_after = "200ms"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "6s"
+"#,
+    );
+    let control = ca.path("faults");
+    plan(&control, "# none\n");
+    ca.env
+        .push(("HSMCA_TEST_FAULTS".into(), control.display().to_string()));
+    ca.start();
+    let sock = ca.path("workload.sock");
+
+    // The token is away before the first SVID: UNAVAILABLE, clients retry.
+    plan(&control, "# 1\nfault * DEVICE_ERROR for=4s\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let first = client(&sock, &["raw"]);
+    assert_eq!(first["code"], "UNAVAILABLE", "{first}");
+    // Once it is back, the retried signature arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client(&sock, &["raw"]);
+        if r["code"] == "OK" {
+            break;
+        }
+        assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "no SVID after the token came back"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A watching workload keeps its SVID through an outage that spans a
+    // rotation, and gets new ones after it.
+    let script = repo().join("tests/workload_client.py");
+    let watcher = Command::new(python())
+        .arg(script)
+        .arg(&sock)
+        .args(["rotate", "3", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failures_before = metric(&ca, "hsmca_workload_svid_failures_total").await;
+    plan(&control, "# 2\nfault * DEVICE_ERROR for=5s\n");
+    let out = watcher.wait_with_output().unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["serials"].as_array().unwrap().len(), 3, "{seen}");
+    assert!(metric(&ca, "hsmca_workload_svid_failures_total").await > failures_before);
+}
+
+#[tokio::test]
+async fn a_stream_that_never_reads_holds_up_nobody() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+min_ttl = "2s"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/user/{user}"
+ttl = "4s"
+"#,
+    );
+    ca.start();
+    let sock = ca.path("workload.sock");
+    // A raw HTTP/2 client with a one-byte stream window that never reads:
+    // the daemon cannot send it even its first message.
+    let io = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let (h2c, conn) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/SpiffeWorkloadAPI/FetchX509SVID")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("workload.spiffe.io", "true")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = h2c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stuck = resp.into_body();
+    // Meanwhile another workload of the same identity sees every rotation.
+    let got = client(&sock, &["rotate", "3", "15"]);
+    assert_eq!(got["serials"].as_array().unwrap().len(), 3, "{got}");
+    // The stuck stream is still there (the other client's has ended).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ca, "hsmca_workload_streams").await != 1.0 {
+        assert!(Instant::now() < deadline, "the stuck stream is not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
+    conn.abort();
 }

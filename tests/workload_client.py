@@ -8,6 +8,7 @@ Usage: python workload_client.py SOCKET COMMAND [ARGS]
                      svid.pem (chain), svid.key (PKCS#8 PEM), bundle.pem and
                      crl.der (the first CRL of the raw response); prints JSON
   raw [--no-header]  one FetchX509SVID call: the code and message, or the IDs
+  hints              one FetchX509SVID call: [[ID, hint], ...]
   bundles-raw        one FetchX509Bundles call: the code and message
   jwt                FetchJWTSVID with the header: the code
   rotate N SECONDS   an X509Source; prints the distinct serials it saw
@@ -94,6 +95,13 @@ def main():
             return [s.spiffe_id for s in r.svids]
 
         print(json.dumps(code_of(call)))
+    elif cmd == "hints":
+
+        def call():
+            r = next(stub(sock).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=20))
+            return [[s.spiffe_id, s.hint] for s in r.svids]
+
+        print(json.dumps(code_of(call)))
     elif cmd == "bundles-raw":
         md = [] if "--no-header" in sys.argv else HEADER
 
@@ -121,7 +129,7 @@ def main():
         source = X509Source(socket_path=sock, timeout_in_seconds=20)
 
         def note():
-            s = format(source.svid.leaf.serial_number, "x")
+            s = format(source.get_x509_context().default_svid.leaf.serial_number, "x")
             with lock:
                 if s not in seen:
                     seen.append(s)

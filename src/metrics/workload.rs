@@ -18,7 +18,8 @@ pub struct ApiLabels {
 pub struct WorkloadMetrics {
     /// X509-SVIDs signed, first issues and rotations alike.
     pub svids_issued: Counter,
-    /// X509-SVIDs signed to replace one (rotation, revocation, changed entry).
+    /// X509-SVIDs signed to replace one of the same slot (rotation,
+    /// revocation); a changed entry's first SVID counts as issued only.
     pub svids_rotated: Counter,
     /// SVIDs that could not be signed (retried).
     pub svid_failures: Counter,
@@ -41,7 +42,7 @@ impl WorkloadMetrics {
         );
         r.register(
             "hsmca_workload_svids_rotated",
-            "X509-SVIDs signed to replace an earlier one (rotation, revocation, changed entry)",
+            "X509-SVIDs signed to replace an earlier one (rotation, revocation)",
             self.svids_rotated.clone(),
         );
         r.register(
