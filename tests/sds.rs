@@ -246,6 +246,9 @@ async fn open_streams_are_counted() {
     assert_eq!(line.trim(), "holding 3", "{}", ca.log());
     let during = Scrape::parse(&scrape(&metrics).await.unwrap());
     assert_eq!(sds_streams(&during), 3.0);
+    let status = run_ok(ca.hsmca().arg("status").arg("--config").arg(ca.config()));
+    let text = String::from_utf8(status.stdout).unwrap();
+    assert!(text.contains("3 streams open  (sds 3)"), "{text}");
     child.stdin.take().unwrap().write_all(b"done\n").unwrap();
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
