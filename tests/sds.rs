@@ -381,3 +381,35 @@ async fn the_daemon_stops_cleanly_with_sds_streams_open() {
     reader.read_to_string(&mut rest).unwrap();
     let _ = child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_entry_ends_the_stream_with_permission_denied() {
+    let ca = daemon("1h");
+    let out = ca.path("sds-out");
+    let mut child = client_command(&ca, "dropped", &out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut version = String::new();
+    reader.read_line(&mut version).unwrap();
+    assert!(!version.trim().is_empty(), "{}", ca.log());
+    // The entry now selects another uid; SIGHUP reloads it.
+    let text = std::fs::read_to_string(ca.config()).unwrap();
+    std::fs::write(ca.config(), text.replace("\nuid = 0\n", "\nuid = 12345\n")).unwrap();
+    ca.signal("HUP");
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}\n{}", ca.log());
+    let seen: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    assert!(
+        seen["stream"]
+            .as_str()
+            .unwrap()
+            .contains("no registration entry"),
+        "{seen}"
+    );
+    ca.assert_serves().await;
+}

@@ -15,7 +15,9 @@ SCENARIO is one of:
   hold      three streams answered, then "holding 3" on stdout, held open
             until a line arrives on stdin;
   push      one stream answered and acknowledged, its version printed on
-            stdout; after a line on stdin, the next version must be pushed.
+            stdout; after a line on stdin, the next version must be pushed;
+  dropped   like push, but after the line on stdin the stream must end
+            with PERMISSION_DENIED (the caller's entry was removed).
 
 The secrets served are written to OUT_DIR as PEM files (default.chain.pem,
 default.key.pem, rootca.pem, ...) for openssl to check; a JSON summary of
@@ -436,6 +438,20 @@ def push(stub, out_dir):
     return {"versions": versions}
 
 
+def dropped(stub, out_dir):
+    s = Stream(stub, "stream")
+    s.send(["default"])
+    r = s.recv("first request")
+    s.send(["default"], version=r.version_info, nonce=r.nonce)
+    print(r.version_info, flush=True)
+    sys.stdin.readline()
+    e = s.error("entry removed")
+    check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"entry removed: {describe(e)}")
+    denied_fetch = expect_code("FetchSecrets after the entry was removed",
+                               grpc.StatusCode.PERMISSION_DENIED, lambda: fetch(stub, []))
+    return {"stream": e.details(), "fetch": denied_fetch}
+
+
 def main():
     global RAW_CHANNEL
     if len(sys.argv) != 4:
@@ -446,7 +462,7 @@ def main():
     RAW_CHANNEL = channel
     stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
     run = {"protocol": protocol, "rotation": rotation, "denied": denied, "hold": hold,
-           "push": push}.get(scenario)
+           "push": push, "dropped": dropped}.get(scenario)
     if run is None:
         fail(f"unknown scenario {scenario!r}")
     seen = run(stub, out_dir)
