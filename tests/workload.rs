@@ -324,6 +324,33 @@ ttl = "4s"
         issued >= 3.0 && rotated == issued - 1.0,
         "{issued} {rotated}"
     );
+
+    // `hsmca workload fetch --watch` rewrites its files at each rotation.
+    let dir = ca.path("watched");
+    let mut watch = ca
+        .hsmca()
+        .args(["workload", "fetch", "--watch", "--socket"])
+        .arg(&sock)
+        .arg("--out-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 2 {
+        if let Ok(pem) = std::fs::read(dir.join("svid.pem")) {
+            seen.insert(pem);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--watch wrote {} SVIDs",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }
 
 #[tokio::test]
@@ -801,4 +828,90 @@ ttl = "4s"
     }
     drop(stuck);
     conn.abort();
+}
+
+fn pubkey_of(args: &[&str], path: &Path) -> String {
+    let out = run_ok(Command::new("openssl").args(args).arg(path));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn p384_and_rsa_svids_with_dns_names_and_their_keys() {
+    let mut ca = with_workload(
+        r#"[workload]
+socket = "{DIR}/workload.sock"
+trust_domain = "hsmca.test"
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/p384/{uid}"
+uid = 0
+key_type = "p384"
+dns_names = ["api.hsmca.test"]
+
+[[workload.entries]]
+spiffe_id = "spiffe://hsmca.test/rsa/{user}"
+group = "root"
+key_type = "rsa2048"
+ttl = "2h"
+hint = "legacy"
+"#,
+    );
+    ca.start();
+    let out = ca.path("out");
+    let printed = run_ok(
+        ca.hsmca()
+            .args(["workload", "fetch", "--socket"])
+            .arg(ca.path("workload.sock"))
+            .arg("--out-dir")
+            .arg(&out),
+    );
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("spiffe://hsmca.test/p384/0"), "{printed}");
+    for (i, curve_or_bits, usage) in [
+        ("", "NIST CURVE: P-384", "Digital Signature\n"),
+        (
+            ".1",
+            "Public-Key: (2048 bit)",
+            "Digital Signature, Key Encipherment\n",
+        ),
+    ] {
+        let cert = out.join(format!("svid{i}.pem"));
+        let key = out.join(format!("svid{i}.key"));
+        run_ok(
+            Command::new("openssl")
+                .args(["verify", "-x509_strict", "-CAfile"])
+                .arg(out.join(format!("bundle{i}.pem")))
+                .arg(&cert),
+        );
+        let text = openssl_text(&cert);
+        assert!(text.contains(curve_or_bits), "{text}");
+        assert!(
+            text.contains(&format!(
+                "X509v3 Key Usage: critical\n                {usage}"
+            )),
+            "{text}"
+        );
+        // The key is the certificate's.
+        assert_eq!(
+            pubkey_of(&["x509", "-noout", "-pubkey", "-in"], &cert),
+            pubkey_of(&["pkey", "-pubout", "-in"], &key)
+        );
+    }
+    let p384 = openssl_text(&out.join("svid.pem"));
+    assert!(
+        p384.contains("URI:spiffe://hsmca.test/p384/0") && p384.contains("DNS:api.hsmca.test"),
+        "{p384}"
+    );
+    // The RSA SVID lives 2 h; the P-384 one the default 1 h.
+    let lasts_90_minutes = |p: &Path| {
+        common::run(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-checkend", "5400", "-in"])
+                .arg(p),
+        )
+        .status
+        .success()
+    };
+    assert!(!lasts_90_minutes(&out.join("svid.pem")));
+    assert!(lasts_90_minutes(&out.join("svid.1.pem")));
 }
