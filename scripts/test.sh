@@ -136,14 +136,15 @@ else
         python3 -m venv "$venv" || die "could not create a Python venv in $venv"
     fi
 fi
-# spiffe (py-spiffe): a real Workload API client for tests/workload.rs.
-if ! "$py" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, pkilint, cryptography, spiffe' >/dev/null 2>&1; then
+# spiffe (py-spiffe): a real Workload API client for tests/workload.rs;
+# xds-protos: Envoy's generated protos, Envoy's side of SDS in tests/sds.rs.
+if ! "$py" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, pkilint, cryptography, spiffe, envoy.service.secret.v3.sds_pb2_grpc' >/dev/null 2>&1; then
     step "installing Python test dependencies into $venv"
     "$py" -m pip install --disable-pip-version-check --quiet \
         'grpcio>=1.60,<2' 'grpcio-tools>=1.60,<2' 'grpcio-health-checking>=1.60,<2' \
         'grpcio-reflection>=1.60,<2' 'pkilint>=0.13,<0.14' 'cryptography>=42' \
-        'spiffe>=0.3.2,<0.4'
-    "$py" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, pkilint, cryptography, spiffe' ||
+        'spiffe>=0.3.2,<0.4' 'xds-protos>=1.85,<2'
+    "$py" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, pkilint, cryptography, spiffe, envoy.service.secret.v3.sds_pb2_grpc' ||
         die "Python test dependencies still not importable after pip install"
 fi
 export HSMCA_TEST_PYTHON=$py

@@ -26,6 +26,7 @@ pub mod profile;
 pub mod proto;
 pub mod requests;
 pub mod revocation;
+pub mod sds;
 pub mod server;
 pub mod signing;
 pub mod spiffe_id;

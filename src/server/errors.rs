@@ -9,6 +9,7 @@ use crate::{
     jwt::{JwtError, ValidateError},
     policy::PolicyError,
     requests::RequestError,
+    sds::SdsError,
     signing::SignError,
     store::StoreError,
     workload::AttestError,
@@ -129,6 +130,20 @@ impl From<SignError> for Status {
             SignError::Failed(_) => {
                 tracing::error!(error = %e, "token signing failed");
                 Status::unavailable("the HSM could not sign; retry shortly")
+            }
+        }
+    }
+}
+
+impl From<SdsError> for Status {
+    fn from(e: SdsError) -> Self {
+        match e {
+            SdsError::UnknownNames { .. } | SdsError::TypeUrl(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            SdsError::Pem(_) => {
+                tracing::error!(error = %e, "SDS secret encoding failed");
+                Status::internal("the secrets could not be encoded; see the daemon's log")
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod http2_authority;
 pub mod inflight;
 pub mod replies;
 pub mod requests;
+pub mod sds;
 pub mod service;
 pub mod socket;
 pub mod workload;

@@ -45,17 +45,19 @@ pub async fn caller<T>(req: &Request<T>, workload: &Workload) -> Result<Caller, 
         .await?)
 }
 
-/// Every service of the workload socket: the SPIFFE Workload API, health
-/// and reflection. A new service is one `add_service` line here.
+/// Every service of the workload socket: the SPIFFE Workload API, Envoy
+/// SDS, health and reflection. A new service is one `add_service` line here.
 pub async fn routes(services: WorkloadServices) -> Result<Routes, ServeError> {
     let WorkloadServices { workload, jwt } = services;
     let mut routes = RoutesBuilder::default();
+    let sds = super::sds::service(workload.clone());
     let api = SpiffeWorkloadApiServer::new(WorkloadApi::new(workload, jwt))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
         .await;
+    health.set_serving::<super::sds::SdsServer>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -66,6 +68,7 @@ pub async fn routes(services: WorkloadServices) -> Result<Routes, ServeError> {
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     routes
         .add_service(api)
+        .add_service(sds)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);
