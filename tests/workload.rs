@@ -184,6 +184,7 @@ async fn py_spiffe_gets_an_svid_that_meets_the_x509_svid_profile() {
     assert_eq!(no_header["code"], "INVALID_ARGUMENT");
     // The JWT methods are served (tests/workload_jwt.rs tests them).
     assert_eq!(client(&sock, &["jwt"])["code"], "OK");
+    assert_eq!(client(&sock, &["wit"])["code"], "UNIMPLEMENTED");
     let again = client(&sock, &["raw"]);
     assert_eq!(again["code"], "OK");
     assert_eq!(

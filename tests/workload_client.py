@@ -11,6 +11,7 @@ Usage: python workload_client.py SOCKET COMMAND [ARGS]
   hints              one FetchX509SVID call: [[ID, hint], ...]
   bundles-raw        one FetchX509Bundles call: the code and message
   jwt                FetchJWTSVID with the header: the code
+  wit                FetchWITSVID (not in this proto) by path: the code
   rotate N SECONDS   an X509Source; prints the distinct serials it saw
                      (at most N, within SECONDS)
   hold SECONDS       a FetchX509SVID stream: prints "first" after the first
@@ -144,6 +145,11 @@ def main():
             time.sleep(0.1)
         source.close()
         print(json.dumps({"serials": seen}))
+    elif cmd == "wit":
+        # Methods the standard added after this proto: called by path.
+        ch = grpc.insecure_channel(sock)
+        call = ch.unary_unary("/SpiffeWorkloadAPI/FetchWITSVID")
+        print(json.dumps(code_of(lambda: str(call(b"", metadata=HEADER, timeout=20)))))
     elif cmd == "hold":
         seconds = float(sys.argv[3])
         stream = stub(sock).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=seconds)

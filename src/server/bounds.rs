@@ -89,6 +89,13 @@ pub struct ConnInfo {
     state: Arc<ConnState>,
 }
 
+impl ConnInfo {
+    /// How long ago the connection was accepted.
+    pub fn connected_for(&self) -> Duration {
+        self.state.opened.elapsed()
+    }
+}
+
 /// Held while one request is in progress on its connection (until its
 /// response body is finished or dropped).
 pub struct RequestGuard(Arc<ConnState>);

@@ -33,7 +33,16 @@ pub struct WorkloadServices {
 /// SO_PEERCRED, then `/proc`; see `workload::attest`).
 pub async fn caller<T>(req: &Request<T>, workload: &Workload) -> Result<Caller, Status> {
     let peer = peer(req)?;
-    Ok(workload.attest(ConnectedPeer { peer }).await?)
+    let connected_for = req
+        .extensions()
+        .get::<bounds::ConnInfo>()
+        .map(bounds::ConnInfo::connected_for);
+    Ok(workload
+        .attest(ConnectedPeer {
+            peer,
+            connected_for,
+        })
+        .await?)
 }
 
 /// Every service of the workload socket: the SPIFFE Workload API, health

@@ -9,7 +9,10 @@
 //! process that has exited reads nothing, even if the PID comes back), and
 //! the process's start time is read before and after: a different start
 //! time, a vanished process or an effective uid other than the socket's is
-//! a refusal. A caller that exited gets nothing.
+//! a refusal. A caller that exited gets nothing. A process that started
+//! after its connection was accepted cannot be the one that connected, so
+//! it is refused too: that closes the gap between the connection and the
+//! call, leaving only the moment between `connect()` and `accept()`.
 
 use std::{
     io::Read,
@@ -39,6 +42,8 @@ pub enum AttestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectedPeer {
     pub peer: Peer,
+    /// How long ago the connection was accepted, when the transport knows.
+    pub connected_for: Option<std::time::Duration>,
 }
 
 /// What registration entries select on. Callers with equal attributes get
@@ -116,6 +121,11 @@ fn attest_in(proc_root: &str, peer: &ConnectedPeer) -> Result<Caller, AttestErro
         Err(e) => return Err(AttestError::Proc(e.to_string())),
     };
     let started = start_time(&dir)?;
+    if let Some(ago) = peer.connected_for
+        && started_after(started, ago, &read_uptime()?)
+    {
+        return Err(AttestError::Changed);
+    }
     let status = read(&dir, "status")?;
     let (euid, gids) = parse_status(&status)?;
     if euid != p.uid {
@@ -197,6 +207,27 @@ fn gone_or(e: rustix::io::Errno) -> AttestError {
 /// so the fields are counted after its last `)`.
 fn start_time(dir: &OwnedFd) -> Result<u64, AttestError> {
     parse_start_time(&read(dir, "stat")?)
+}
+
+/// `/proc/uptime`: seconds since boot, the clock process start times count in.
+fn read_uptime() -> Result<String, AttestError> {
+    std::fs::read_to_string("/proc/uptime").map_err(|e| AttestError::Proc(format!("uptime: {e}")))
+}
+
+/// Whether a process that started `start_ticks` after boot started after a
+/// connection accepted `ago` before `uptime` (with two ticks of slack for
+/// the clocks' resolution).
+fn started_after(start_ticks: u64, ago: std::time::Duration, uptime: &str) -> bool {
+    let Some(now) = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+    else {
+        return false;
+    };
+    let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
+    let started = start_ticks as f64 / hz;
+    started > now - ago.as_secs_f64() + 2.0 / hz
 }
 
 fn parse_start_time(stat: &str) -> Result<u64, AttestError> {
@@ -284,6 +315,34 @@ mod tests {
     }
 
     #[test]
+    fn a_process_younger_than_its_connection_is_not_its_caller() {
+        let hz = rustix::param::clock_ticks_per_second() as u64;
+        let ago = std::time::Duration::from_secs(5);
+        // Up 1000 s, connection accepted at 995 s.
+        assert!(!started_after(990 * hz, ago, "1000.00 1.00"));
+        assert!(!started_after(995 * hz, ago, "1000.00 1.00"));
+        assert!(started_after(997 * hz, ago, "1000.00 1.00"));
+        assert!(!started_after(997 * hz, ago, "garbage"));
+        // This process started before a connection accepted now.
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let peer = ConnectedPeer {
+            peer: Peer {
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+                pid: Some(me),
+            },
+            connected_for: Some(std::time::Duration::ZERO),
+        };
+        assert!(attest(&peer).is_ok());
+        // …but not before one accepted a day ago.
+        let old = ConnectedPeer {
+            connected_for: Some(std::time::Duration::from_secs(86_400 * 365)),
+            ..peer
+        };
+        assert_eq!(attest(&old), Err(AttestError::Changed));
+    }
+
+    #[test]
     fn status_gives_the_effective_uid_and_groups() {
         let s = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\nGroups:\t4 24 27 \n";
         assert_eq!(parse_status(s).unwrap(), (0, vec![4, 24, 27]));
@@ -301,6 +360,7 @@ mod tests {
                 gid,
                 pid: Some(pid),
             },
+            connected_for: None,
         };
         let c = attest(&peer(uid, me)).unwrap();
         assert_eq!(c.pid, me);
@@ -324,7 +384,8 @@ mod tests {
                     uid,
                     gid,
                     pid: None
-                }
+                },
+                connected_for: None,
             }),
             Err(AttestError::NoPid)
         );
