@@ -83,6 +83,7 @@ def tag(k, v):
 
 
 def main():
+    jwt_seeds()
     with tempfile.TemporaryDirectory() as tmp:
         keys = {k: key(tmp, k) for k in ["p256", "p384", "p521", "ed25519", "rsa2048", "rsa1024"]}
         for k, (_, pub) in keys.items():
@@ -224,6 +225,40 @@ def authority_seeds():
     put("authority", "push-promise", bytes([0x01]) + h2_frame(0x5, 0x4, 1, b"\0\0\0\x02\x82"))
     put("authority", "continuation-other-stream", bytes([0x01]) + h2_frame(0x1, 0x0, 1, grpc_request("x")[:5])
         + h2_frame(0x9, 0x4, 3, grpc_request("x")[5:]))
+
+
+def jwt_seeds():
+    """Tokens for jwt_validate: one signed by its P-256 key (seed 7), and
+    the shapes an attacker tries. Needs the `cryptography` package."""
+    import base64
+    import hashlib
+    import json
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    key = ec.derive_private_key(int.from_bytes(b"\x07" * 32, "big"), ec.SECP256R1())
+    n = key.public_key().public_numbers()
+    x, y = b64(n.x.to_bytes(32, "big")), b64(n.y.to_bytes(32, "big"))
+    canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (x, y)
+    kid = b64(hashlib.sha256(canonical.encode()).digest())
+    claims = {"sub": "spiffe://hsmca.test/user/a", "aud": ["db"], "exp": 1800000000, "iat": 1700000000}
+
+    def token(header, claims=claims):
+        h = b64(json.dumps(header, separators=(",", ":")).encode())
+        c = b64(json.dumps(claims, separators=(",", ":")).encode())
+        r, s = decode_dss_signature(key.sign((h + "." + c).encode(), ec.ECDSA(hashes.SHA256())))
+        return h + "." + c + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    put("jwt_validate", "valid-es256", "db\n" + token({"alg": "ES256", "kid": kid, "typ": "JWT"}))
+    put("jwt_validate", "no-kid", "db\n" + token({"alg": "ES256"}))
+    put("jwt_validate", "alg-none", "db\n" + b64(b'{"alg":"none"}') + "." + b64(json.dumps(claims).encode()) + ".")
+    put("jwt_validate", "garbage", "db\nnot.a.jwt")
+    put("jwt_validate", "foreign-td", "db\n" + token({"alg": "ES256"}, dict(claims, sub="spiffe://other/x")))
 
 
 if __name__ == "__main__":

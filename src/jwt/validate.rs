@@ -324,6 +324,18 @@ mod tests {
         validate(&t, "db", &keys, TD, now()).unwrap();
     }
 
+    /// The fuzz target's valid seed was made by another implementation
+    /// (Python's `cryptography`, fuzz/make_corpus.py) for the same key:
+    /// its kid is this code's thumbprint and it validates.
+    #[test]
+    fn the_fuzz_seed_from_python_validates() {
+        let (_, keys) = setup();
+        let seed = include_str!("../../fuzz/corpus/jwt_validate/valid-es256");
+        let (aud, token) = seed.split_once('\n').unwrap();
+        let v = validate(token, aud, &keys, "hsmca.test", now()).unwrap();
+        assert_eq!(v.spiffe_id.to_string(), "spiffe://hsmca.test/user/a");
+    }
+
     #[test]
     fn wrong_audience() {
         let (s, keys) = setup();
