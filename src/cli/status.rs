@@ -219,11 +219,10 @@ pub fn summarize(s: &Scrape, socket: &Path, now_unix: f64) -> String {
     line(
         "workloads",
         format!(
-            "{} SVIDs issued ({} rotations, {} failures), {} JWT-SVIDs; {} streams open{}; {} attestation refusals, {} denied",
+            "{} SVIDs issued ({} rotations, {} failures); {} streams open{}; {} attestation refusals, {} denied",
             count(s.sum("hsmca_workload_svids_issued_total")),
             count(s.sum("hsmca_workload_svids_rotated_total")),
             count(s.sum("hsmca_workload_svid_failures_total")),
-            count(s.sum("hsmca_workload_jwt_svids_signed_total")),
             count(s.sum("hsmca_workload_streams")),
             breakdown(s, "hsmca_workload_streams", "api"),
             count(s.sum("hsmca_workload_attestation_refusals_total")),

@@ -23,8 +23,6 @@ pub struct WorkloadMetrics {
     pub svids_rotated: Counter,
     /// SVIDs that could not be signed (retried).
     pub svid_failures: Counter,
-    /// JWT-SVIDs signed.
-    pub jwt_svids_signed: Counter,
     /// Streams open on the workload socket, by API.
     pub streams: Family<ApiLabels, Gauge>,
     /// Callers refused by attestation (exited, PID reused, unreadable).
@@ -49,11 +47,6 @@ impl WorkloadMetrics {
             "hsmca_workload_svid_failures",
             "X509-SVIDs that could not be signed (retried)",
             self.svid_failures.clone(),
-        );
-        r.register(
-            "hsmca_workload_jwt_svids_signed",
-            "JWT-SVIDs signed for workloads",
-            self.jwt_svids_signed.clone(),
         );
         r.register(
             "hsmca_workload_streams",
