@@ -130,7 +130,13 @@ fn run(
             head = commit_batch(&mut conn, &mut batch, head, m);
         }
         for exec in execs.drain(..) {
-            exec(&mut conn);
+            // A write that panics (its transaction rolls back as it
+            // unwinds, its caller hears the writer gone) must not take
+            // the writer with it.
+            let run = std::panic::AssertUnwindSafe(|| exec(&mut conn));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("a store write panicked; it was rolled back");
+            }
         }
     }
 }
@@ -150,36 +156,34 @@ fn commit_batch(
     mut head: (i64, String),
     m: &crate::metrics::Metrics,
 ) -> (i64, String) {
-    {
-        let started = Instant::now();
-        match commit(conn, batch, &head) {
-            Ok(new_head) => {
-                head = new_head;
-                m.store_commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                // Certificate records; audit-only jobs are not counted.
-                m.store_commit_records
-                    .inc_by(batch.iter().filter(|p| p.record.is_some()).count() as u64);
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Ok(()));
-                }
+    let started = Instant::now();
+    match commit(conn, batch, &head) {
+        Ok(new_head) => {
+            head = new_head;
+            m.store_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            // Certificate records; audit-only jobs are not counted.
+            m.store_commit_records
+                .inc_by(batch.iter().filter(|p| p.record.is_some()).count() as u64);
+            for p in batch.drain(..) {
+                let _ = p.done.send(Ok(()));
             }
-            Err(_) if batch.len() > 1 => {
-                // The commit may have failed after all or part of it landed:
-                // take the head from the store. One bad record must not fail
-                // its neighbours, so each job is retried alone.
-                head = audit_head(conn).unwrap_or(head);
-                for p in batch.drain(..) {
-                    let r = commit(conn, std::slice::from_ref(&p), &head);
-                    let r = r.map(|new_head| head = new_head);
-                    let _ = p.done.send(r);
-                }
+        }
+        Err(_) if batch.len() > 1 => {
+            // The commit may have failed after all or part of it landed:
+            // take the head from the store. One bad record must not fail
+            // its neighbours, so each job is retried alone.
+            head = audit_head(conn).unwrap_or(head);
+            for p in batch.drain(..) {
+                let r = commit(conn, std::slice::from_ref(&p), &head);
+                let r = r.map(|new_head| head = new_head);
+                let _ = p.done.send(r);
             }
-            Err(e) => {
-                head = audit_head(conn).unwrap_or(head);
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            head = audit_head(conn).unwrap_or(head);
+            for p in batch.drain(..) {
+                let _ = p.done.send(Err(e.clone()));
             }
         }
     }
@@ -189,8 +193,8 @@ fn commit_batch(
 /// Waits up to [`GATHER`] for records that were announced (their
 /// certificates are being signed) to join the batch, so that they share its
 /// fsync instead of each paying for a commit of its own. A lone request
-/// (nothing else announced) does not wait.
-/// Other writes that arrive meanwhile wait for the batch's commit.
+/// (nothing else announced) does not wait. Other writes that arrive
+/// meanwhile wait for the batch's commit.
 fn gather(
     rx: &flume::Receiver<Job>,
     batch: &mut Vec<Pending>,
