@@ -141,7 +141,8 @@ Issue on one node and look at the record, the replay and the CRL on another:
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem
   openssl pkey -in key.pem -pubout -out key.pub.pem
   target/release/hsmca issue --socket $(q "$dir/node1/hsmca.sock") --public-key key.pub.pem --cn demo --out cert.pem
-  target/release/hsmca records list --socket $(q "$dir/node$nodes/hsmca.sock")
+  target/release/hsmca list --socket $(q "$dir/node$nodes/hsmca.sock")
+  target/release/hsmca crl --socket $(q "$dir/node$nodes/hsmca.sock")
 
 Ctrl-C stops the daemons and PostgreSQL.
 EOF

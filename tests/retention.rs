@@ -96,6 +96,18 @@ async fn a_short_retention_deletes_old_records_and_audit_entries_and_the_chain_v
                 .await
                 .unwrap();
         }
+        // And one recent entry: the old five are never the chain's head
+        // (which is never cut), whether or not the daemon has audited its
+        // first CRL when the pass at start-up runs.
+        store
+            .audit(AuditEntry {
+                time_us: now() * 1_000_000,
+                operation: "crl".into(),
+                outcome: "signed".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         for (id, ago) in [("old-a", 7200), ("old-b", 7300), ("old-c", 90_000)] {
             store.insert(record(id, ago)).await.unwrap();
         }

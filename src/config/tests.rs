@@ -162,3 +162,31 @@ fn durations_too_long_for_time_arithmetic_are_refused_naming_the_key() {
     let err = load(&rule, &[]).unwrap_err().to_string();
     assert!(err.contains("policy.rules[0].max_duration"), "{err}");
 }
+
+#[test]
+fn state_database_names_the_engine_and_refuses_passwords_in_the_url() {
+    use super::{Database, StateConfig};
+    let with = |url: &str| StateConfig {
+        database: Some(url.into()),
+        ..Default::default()
+    };
+    assert_eq!(StateConfig::default().database().unwrap(), Database::Sqlite);
+    assert_eq!(with("sqlite:").database().unwrap(), Database::Sqlite);
+    let pg = "postgres://hsmca@localhost/hsmca?host=/run/postgresql&sslmode=disable";
+    assert_eq!(with(pg).database().unwrap(), Database::Postgres(pg.into()));
+    for (bad, says) in [
+        ("postgres://hsmca:secret@db/hsmca", "password"),
+        ("postgres://hsmca@db/hsmca?password=secret", "password"),
+        ("mysql://hsmca@db/hsmca", "unknown database kind"),
+        ("postgres://hsmca@db", "names no database"),
+        ("sqlite:/var/lib/other.db", "state.dir"),
+        ("not a url", "not a database URL"),
+    ] {
+        let e = with(bad).database().unwrap_err().to_string();
+        assert!(
+            e.contains("state.database") && e.contains(says),
+            "{bad}: {e}"
+        );
+        assert!(!e.contains("secret"), "{bad}: {e}");
+    }
+}

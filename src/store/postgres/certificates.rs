@@ -133,7 +133,7 @@ impl CertificateStore for PgStore {
         key: &str,
         wait: bool,
     ) -> Result<Option<NodeLock>, StoreError> {
-        super::locks::acquire(&self.pool, key, wait).await
+        super::locks::acquire(&self.locks, key, wait).await
     }
 
     async fn purge_expired(&self, expired_before: i64, limit: u32) -> Result<u64, StoreError> {

@@ -41,6 +41,8 @@ mod writer;
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    /// Connections held by cross-node claims ([`locks`]).
+    locks: PgPool,
     writer: tokio::sync::mpsc::Sender<writer::Pending>,
     /// Certificate records announced and not yet committed.
     announced: Arc<std::sync::atomic::AtomicUsize>,
@@ -85,26 +87,35 @@ impl PgStore {
             opts = opts.password(secrecy::ExposeSecret::expose_secret(&pw));
         }
         let target = describe(&opts);
-        let pool = PgPoolOptions::new()
-            .max_connections(state.database_connections)
-            .min_connections(1)
-            .acquire_timeout(state.database_timeout)
-            .connect_with(opts)
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "state.database: cannot connect to PostgreSQL at {target}: {e}"
-                ))
-            })?;
+        let connect = |max: u32| {
+            PgPoolOptions::new()
+                .max_connections(max)
+                .min_connections(1)
+                .acquire_timeout(state.database_timeout)
+                .connect_with(opts.clone())
+        };
+        let failed = |e: sqlx::Error| {
+            unavailable(format!(
+                "state.database: cannot connect to PostgreSQL at {target}: {e}"
+            ))
+        };
+        let pool = connect(state.database_connections).await.map_err(failed)?;
         schema::migrate(&pool).await?;
+        // The writer and the cross-node claims have connections of their
+        // own: a claim holds its connection while its certificate is signed
+        // and committed, so claims sharing the pool with the commits (or
+        // the reads they wait for) could starve them.
+        let writer_pool = connect(2).await.map_err(failed)?;
+        let locks = connect(state.database_connections).await.map_err(failed)?;
         let announced = Arc::default();
-        let writer = writer::start(pool.clone(), Arc::clone(&announced));
+        let writer = writer::start(writer_pool, Arc::clone(&announced));
         let (changes, _) = broadcast::channel(1024);
         notify::listen(pool.clone(), changes.clone());
         let (ready_tx, ready) = tokio::sync::watch::channel(Readiness::Ready);
         tokio::spawn(probe(pool.clone(), ready_tx, state.database_timeout));
         Ok(Self {
             pool,
+            locks,
             writer,
             announced,
             changes,
