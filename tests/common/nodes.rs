@@ -34,6 +34,12 @@ impl Node {
             "HSMCA_SERVER__SOCKET".into(),
             dir.join("hsmca.sock").display().to_string(),
         ));
+        // The development config turns the workload endpoint on; each node
+        // needs its own socket for it too.
+        env.push((
+            "HSMCA_WORKLOAD__SOCKET".into(),
+            dir.join("workload.sock").display().to_string(),
+        ));
         Self {
             name: name.into(),
             dir,
