@@ -1,5 +1,7 @@
 //! The conformance matrix: every profile × every CA key type × every subject
-//! key type, each certificate checked by three implementations that are not
+//! key type, and the workload X509-SVID (fetched from the daemon's SPIFFE
+//! Workload API) for every workload key type, each certificate checked by
+//! three implementations that are not
 //! hsmca's: pkilint (`lint_pkix_cert`, no finding of WARNING or worse apart
 //! from the linter's own known false alarms, listed below by name),
 //! `openssl verify -x509_strict` with the reply's chain, and GnuTLS
@@ -41,6 +43,9 @@ const CA_KEYS: &[(&str, &str, &str, bool)] = &[
 ];
 const SUBJECT_KEYS: &[&str] = &["p256", "p384", "rsa2048", "ed25519"];
 const PROFILES: &[&str] = &["client", "server", "intermediate"];
+/// The key types a registration entry can give a workload (the daemon
+/// makes the key; Ed25519 is not one of them).
+const SVID_KEYS: &[&str] = &["p256", "p384", "rsa2048"];
 
 /// pkilint findings that are the linter's mistakes, not the certificate's,
 /// and the only findings excused. Each is excused only on a certificate
@@ -87,6 +92,77 @@ uris = ["spiffe://example.org/**"]
 ips = ["10.1.0.0/16", "fd00::/64"]
 allow_wildcards = true
 "#;
+
+/// The workload endpoint for the matrix: one entry per workload key type,
+/// all for the test's own uid, so one fetch returns an SVID of each.
+fn workload_section(dir: &Path) -> String {
+    let mut s = format!(
+        "[workload]\nsocket = {:?}\nsocket_mode = \"0600\"\ntrust_domain = \"example.org\"\n",
+        dir.join("workload.sock").display().to_string()
+    );
+    for k in SVID_KEYS {
+        s.push_str(&format!(
+            "\n[[workload.entries]]\nspiffe_id = \"spiffe://example.org/svid/{k}\"\n\
+             uid = {}\nkey_type = \"{k}\"\ndns_names = [\"{k}.svid.example\"]\nttl = \"1h\"\n",
+            rustix::process::getuid().as_raw()
+        ));
+    }
+    s.push_str("\n[workload.jwt]\nkey_label = \"hsmca-jwt\"\n");
+    s
+}
+
+/// The certificates of a PEM text, each as its own PEM block.
+fn pem_blocks(text: &str) -> Vec<String> {
+    text.split_inclusive("-----END CERTIFICATE-----")
+        .map(str::trim)
+        .filter(|b| b.starts_with("-----BEGIN CERTIFICATE-----"))
+        .map(|b| format!("{b}\n"))
+        .collect()
+}
+
+/// The caller's SVIDs through `hsmca workload fetch --json`, as matrix
+/// cases: the chain the Workload API hands out (leaf first, then any
+/// intermediate) completed by the root, which must be in its bundle.
+fn svid_cases(ca: &Ca, dir: &Path, root_pem: &str, fail: &mut impl FnMut(String)) -> Vec<Case> {
+    let out = run_ok(
+        ca.hsmca()
+            .args(["workload", "fetch", "--json", "--socket"])
+            .arg(dir.join("workload.sock")),
+    );
+    let svids: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut cases = Vec::new();
+    for k in SVID_KEYS {
+        let id = format!("spiffe://example.org/svid/{k}");
+        let Some(svid) = svids.iter().find(|v| v["spiffe_id"] == id.as_str()) else {
+            fail(format!("no SVID for {id} in {svids:?}"));
+            continue;
+        };
+        let chain = pem_blocks(svid["svid_pem"].as_str().unwrap());
+        let bundle = pem_blocks(svid["bundle_pem"].as_str().unwrap());
+        if !bundle.iter().any(|b| b.trim() == root_pem.trim()) {
+            fail(format!("svid-{k}: the bundle lacks the root: {bundle:?}"));
+        }
+        let label = format!("svid-{k}");
+        let file = write(dir, &format!("{label}.pem"), &chain[0]);
+        let mut full = chain.clone();
+        full.push(root_pem.to_owned());
+        cases.push(Case {
+            label,
+            profile: "svid",
+            subject_key: k,
+            dns: vec![format!("{k}.svid.example")],
+            uris: vec![id],
+            reply: ClientCertificate {
+                pem_certificate: chain[0].clone(),
+                pem_certificate_chain: full,
+                ca_cert: root_pem.to_owned(),
+                ..Default::default()
+            },
+            file,
+        });
+    }
+    cases
+}
 
 struct FalseAlarm {
     code: &'static str,
@@ -401,9 +477,9 @@ fn check_ca(
     } else {
         run_ok(ca.hsmca().args(["init", "--config"]).arg(ca.config()));
     }
-    ca.set_policy(POLICY);
-    ca.start();
     let dir = ca.dir.path().to_owned();
+    ca.set_policy(&format!("{POLICY}\n{}", workload_section(&dir)));
+    ca.start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -441,6 +517,9 @@ fn check_ca(
         (empty_crl, cases)
     });
     let root = write(&dir, "root.pem", &cases[0].reply.ca_cert);
+    let root_pem = cases[0].reply.ca_cert.clone();
+    let mut cases = cases;
+    cases.extend(svid_cases(&ca, &dir, &root_pem, &mut fail));
     let issuing = write(
         &dir,
         "issuing.pem",
@@ -641,10 +720,11 @@ fn every_profile_ca_key_and_subject_key_passes_three_verifiers() {
             .collect()
     });
     eprintln!(
-        "conformance matrix: {} CA key types × {} profiles × {} subject keys in {:.1} s",
+        "conformance matrix: {} CA key types × ({} profiles × {} subject keys + {} SVID keys) in {:.1} s",
         CA_KEYS.len(),
         PROFILES.len(),
         SUBJECT_KEYS.len(),
+        SVID_KEYS.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(

@@ -262,16 +262,17 @@ async fn two_nodes_share_records_replies_crl_and_one_audit_chain() {
     assert!(entries >= 43, "{entries} audit entries");
     a.stop();
     b.stop();
-    // Every C_Sign the token saw (pkcs11-spy, flushed at exit) is one
-    // start-up self-test per node or one audited signature: the retried
-    // request_id was signed once, on one node.
+    // Every C_Sign the token saw (pkcs11-spy, flushed at exit) is one of
+    // the two start-up self-tests per node (the CA key's, and the JWT-SVID
+    // key's: the development config turns the workload endpoint on) or one
+    // audited signature: the retried request_id was signed once, on one node.
     let audited: usize = pg
         .psql(&db, "SELECT count(*) FROM audit_log WHERE entry LIKE '%\"outcome\":\"issued\"%' OR entry LIKE '%\"outcome\":\"signed\"%'")
         .parse()
         .unwrap();
     assert_eq!(
         signs(&spy_a) + signs(&spy_b),
-        2 + audited,
+        4 + audited,
         "C_Sign calls beyond the audited signatures; audit log:\n{}",
         pg.psql(&db, "SELECT seq, entry FROM audit_log ORDER BY seq")
     );

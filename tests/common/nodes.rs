@@ -34,12 +34,6 @@ impl Node {
             "HSMCA_SERVER__SOCKET".into(),
             dir.join("hsmca.sock").display().to_string(),
         ));
-        // The development config turns the workload endpoint on; each node
-        // needs its own socket for it too.
-        env.push((
-            "HSMCA_WORKLOAD__SOCKET".into(),
-            dir.join("workload.sock").display().to_string(),
-        ));
         Self {
             name: name.into(),
             dir,
@@ -60,6 +54,12 @@ impl Node {
     pub fn hsmca(&self, ca: &Ca) -> Command {
         let mut c = ca.hsmca();
         c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // The development config turns the workload endpoint on; each node
+        // needs its own socket for it too (unless a test's config has none).
+        let config = std::fs::read_to_string(ca.config()).unwrap_or_default();
+        if config.contains("\n[workload]") {
+            c.env("HSMCA_WORKLOAD__SOCKET", self.dir.join("workload.sock"));
+        }
         c
     }
 
