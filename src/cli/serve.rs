@@ -395,6 +395,10 @@ async fn serve_with(
     // at once, and SIGTERM must then be a clean shutdown, not a kill.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // The metrics endpoint, before the API socket: a client (or a test)
+    // that sees the API socket answer finds the metrics socket there too.
+    // Its socket file is removed when this returns.
+    let (metrics_task, _metrics_file) = start_metrics(cfg, requests.clone()).await?;
     // A socket systemd passed is served as it is and never removed: it
     // belongs to hsmca.socket. One we bind is removed at exit.
     let (listener, _socket_file, socket_path) = match activated {
@@ -423,8 +427,6 @@ async fn serve_with(
         limits: cfg.server.limits(),
     };
     raise_fd_limit(cfg.server.max_connections);
-    // The metrics endpoint; its socket file is removed when this returns.
-    let (metrics_task, _metrics_file) = start_metrics(cfg, requests.clone()).await?;
     let requests = RequestsService::new(requests);
     let mut server = tokio::spawn(server::run(service, requests, listener, opts, async {
         let _ = stop_rx.await;
