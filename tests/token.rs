@@ -174,9 +174,19 @@ fn ca_private_key_is_sensitive_never_extractable_and_sign_only() {
         let objects = list_objects(&ca);
         // The CA key's block (the development config also has a JWT-SVID
         // key, checked in tests/workload_jwt.rs).
-        let private = objects
+        // Each block ends where the next object's (unindented) header starts.
+        let blocks: Vec<String> = objects
             .split("Private Key Object")
             .skip(1)
+            .map(|b| {
+                let mut lines = b.lines();
+                let header = lines.next().unwrap_or_default();
+                let body: Vec<&str> = lines.take_while(|l| l.starts_with([' ', '\t'])).collect();
+                format!("{header}\n{}\n", body.join("\n"))
+            })
+            .collect();
+        let private = blocks
+            .iter()
             .find(|b| b.contains("label:      hsmca-ca\n"))
             .unwrap_or_else(|| panic!("no CA private key in:\n{objects}"));
         let field = |name: &str| {

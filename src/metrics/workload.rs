@@ -48,6 +48,11 @@ impl WorkloadMetrics {
             "X509-SVIDs that could not be signed (retried)",
             self.svid_failures.clone(),
         );
+        // Both series exist from the start: a dashboard shows 0 open
+        // streams, not no data, and the family is in every scrape.
+        for api in ["workload", "sds"] {
+            let _ = self.streams.get_or_create(&ApiLabels { api });
+        }
         r.register(
             "hsmca_workload_streams",
             "Streams open on the workload socket, by API",
