@@ -6,16 +6,13 @@
 //! that client's latency moves, not how fast the burst goes.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use super::load::Latency;
+use super::{interactive::Interactive, load::Latency};
 use crate::{
     client::{CliResult, connect},
     proto::{
@@ -42,48 +39,13 @@ pub struct BurstResult {
     pub burst_errors: u64,
 }
 
-struct Sample {
-    start: Instant,
-    us: u32,
-}
-
 pub async fn run(
     socket: &std::path::Path,
     keys: Arc<Vec<String>>,
     burst: usize,
     seconds: f64,
 ) -> CliResult<BurstResult> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::with_capacity(16 * 1024)));
-    let client_errors = Arc::new(AtomicU64::new(0));
-    let mut client = CertificateAuthorityClient::new(connect(socket).await?);
-    let measurer = {
-        let (stop, samples, errors) = (stop.clone(), samples.clone(), client_errors.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let req = GenerateClientCertificateRequest {
-                    public_key: keys[n % keys.len()].clone(),
-                    common_name: format!("burst-client-{n}"),
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let r = client.generate_client_certificate(req).await;
-                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-                match r {
-                    Ok(_) => {
-                        if let Ok(mut s) = samples.lock() {
-                            s.push(Sample { start: t, us });
-                        }
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let client = Interactive::start(socket, keys, "burst-client").await?;
     let window = Duration::from_secs_f64(seconds);
     let base_from = Instant::now() + Duration::from_millis(300);
     let base_to = base_from + window;
@@ -117,29 +79,14 @@ pub async fn run(
         bursts += 1;
     }
     let during_to = Instant::now();
-    stop.store(true, Ordering::Relaxed);
-    let _ = measurer.await;
-
-    let samples = samples
-        .lock()
-        .map(|mut s| std::mem::take(&mut *s))
-        .unwrap_or_default();
-    let latency = |from: Instant, to: Instant| {
-        Latency::of(
-            samples
-                .iter()
-                .filter(|s| s.start >= from && s.start < to)
-                .map(|s| s.us)
-                .collect(),
-        )
-    };
+    let seen = client.finish().await;
     Ok(BurstResult {
         csrs_per_burst: burst,
         bursts,
         burst_s: during_to.duration_since(during_from).as_secs_f64() / bursts as f64,
-        client_before: latency(base_from, base_to),
-        client_during: latency(during_from, during_to),
-        client_errors: client_errors.load(Ordering::Relaxed),
+        client_before: seen.latency(base_from, base_to),
+        client_during: seen.latency(during_from, during_to),
+        client_errors: seen.errors,
         burst_errors,
     })
 }

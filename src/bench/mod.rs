@@ -10,6 +10,7 @@
 
 pub mod burst;
 pub mod daemon;
+pub mod interactive;
 pub mod load;
 pub mod peer;
 pub mod raw;

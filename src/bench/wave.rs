@@ -7,10 +7,7 @@
 
 use std::{
     str::FromStr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -18,12 +15,11 @@ use der::{EncodePem, pem::LineEnding};
 use serde::Serialize;
 use x509_cert::builder::Builder;
 
-use super::{daemon::Testbed, load::Latency};
+use super::{daemon::Testbed, interactive::Interactive, load::Latency};
 use crate::{
     client::{CliResult, connect},
     proto::{
-        CertificateRequestSpec, CreateCertificateRequestRequest, GenerateClientCertificateRequest,
-        certificate_authority_client::CertificateAuthorityClient,
+        CertificateRequestSpec, CreateCertificateRequestRequest,
         certificate_requests_client::CertificateRequestsClient,
     },
 };
@@ -50,11 +46,6 @@ pub struct WaveResult {
     /// …while the renewals were being made.
     pub client_during_renewals: Latency,
     pub client_errors: u64,
-}
-
-struct Sample {
-    start: Instant,
-    us: u32,
 }
 
 fn p256_csr(cn: &str, key: &p256::ecdsa::SigningKey) -> CliResult<String> {
@@ -90,38 +81,7 @@ pub async fn run(
 ) -> CliResult<WaveResult> {
     let socket = bed.socket();
     // The interactive client runs from the baseline to the end.
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::with_capacity(64 * 1024)));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut client = CertificateAuthorityClient::new(connect(&socket).await?);
-    let measurer = {
-        let (stop, samples, errors, keys) =
-            (stop.clone(), samples.clone(), errors.clone(), keys.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let req = GenerateClientCertificateRequest {
-                    public_key: keys[n % keys.len()].clone(),
-                    common_name: format!("wave-client-{n}"),
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let r = client.generate_client_certificate(req).await;
-                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-                match r {
-                    Ok(_) => {
-                        if let Ok(mut s) = samples.lock() {
-                            s.push(Sample { start: t, us });
-                        }
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let client = Interactive::start(&socket, keys, "wave-client").await?;
     let base_from = Instant::now() + Duration::from_millis(300);
     let base_to = base_from + Duration::from_secs_f64(baseline_seconds);
     // Meanwhile: the CSRs (one key, a name each).
@@ -189,36 +149,19 @@ pub async fn run(
         }
     }
     let t_renewed = Instant::now();
-    stop.store(true, Ordering::Relaxed);
-    let _ = measurer.await;
+    let seen = client.finish().await;
 
-    let samples = samples
-        .lock()
-        .map(|mut s| std::mem::take(&mut *s))
-        .unwrap_or_default();
-    let window = |from: Instant, to: Instant| {
-        Latency::of(
-            samples
-                .iter()
-                .filter(|s| s.start >= from && s.start < to)
-                .map(|s| s.us)
-                .collect(),
-        )
-    };
-    let before_count = samples
-        .iter()
-        .filter(|s| s.start >= base_from && s.start < base_to)
-        .count();
+    let before_count = seen.count(base_from, base_to);
     let renewal_from = t_first_renewal.unwrap_or(t_renewed);
     Ok(WaveResult {
         requests: n,
         first_issue_s: t_issued.duration_since(t_create).as_secs_f64(),
         renewed: usize::try_from(count - n64).unwrap_or(0),
         renewal_s: t_renewed.duration_since(renewal_from).as_secs_f64(),
-        client_before: window(base_from, base_to),
+        client_before: seen.latency(base_from, base_to),
         client_before_per_s: before_count as f64 / baseline_seconds,
-        client_during_first_issue: window(t_create, t_issued),
-        client_during_renewals: window(renewal_from, t_renewed),
-        client_errors: errors.load(Ordering::Relaxed),
+        client_during_first_issue: seen.latency(t_create, t_issued),
+        client_during_renewals: seen.latency(renewal_from, t_renewed),
+        client_errors: seen.errors,
     })
 }
