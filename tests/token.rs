@@ -244,3 +244,61 @@ fn init_refuses_to_overwrite_without_force_and_force_makes_a_new_key() {
         "{objects}"
     );
 }
+
+/// SoftHSM2 rewrites its token file on every login, and a library
+/// initialised during the rewrite does not list the token. Daemons that
+/// start together on one token directory meet exactly that: each start-up
+/// here runs while two other processes log in over and over, and each must
+/// find the token.
+#[test]
+fn the_token_is_found_while_other_processes_log_in() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let ca = Ca::new("p256");
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, logins) = (stop.clone(), logins.clone());
+            let mut login = Command::new("pkcs11-tool");
+            login
+                .envs(ca.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .args(["--module", SOFTHSM, "--login", "--pin", &ca.pin(), "-O"]);
+            std::thread::spawn(move || {
+                // These logins meet the same race (the token missing, or
+                // CKR_GENERAL_ERROR): only the ones that got through count.
+                while !stop.load(Ordering::Relaxed) {
+                    if run(&mut login).status.success() {
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for _ in 0..80 {
+        let out = run(ca
+            .hsmca()
+            .args(["config", "check", "--config"])
+            .arg(ca.config()));
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(
+        logins.load(Ordering::Relaxed) > 10,
+        "the other processes hardly logged in"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} start-ups failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -24,7 +24,10 @@ pub mod pool;
 pub mod pubkey;
 mod supervisor;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use cryptoki::{
     context::{CInitializeArgs, CInitializeFlags, Pkcs11},
@@ -272,6 +275,10 @@ pub struct Token {
     faults: Arc<FaultInjector>,
 }
 
+/// How long [`Token::open`] keeps trying a token that is not listed or
+/// fails while it is being rewritten.
+const START_SETTLE: Duration = Duration::from_secs(3);
+
 impl Token {
     /// Loads the module, finds the token by label and logs in as user.
     pub fn open(locator: &TokenLocator, pin: &SecretString) -> Result<Self, TokenError> {
@@ -289,7 +296,28 @@ impl Token {
             module: locator.module.display().to_string(),
             message: e.to_string(),
         })?;
-        Self::start(ctx, &locator.token_label, pin, faults)
+        // SoftHSM2 rewrites its token file on every login, and a process
+        // that initialises the library or reads the token during that
+        // rewrite does not list the token (or gets CKR_GENERAL_ERROR):
+        // several daemons starting together on one token directory meet
+        // this. A start-up that fails so is tried again after a fresh
+        // C_Finalize + C_Initialize, for a few seconds. A wrong PIN is
+        // never tried twice (that would count towards locking it).
+        let deadline = Instant::now() + START_SETTLE;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match Self::start(ctx.clone(), &locator.token_label, pin, faults.clone()) {
+                Err(e @ (TokenError::TokenNotFound(_) | TokenError::Pkcs11 { .. }))
+                    if Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %e, "token not ready at start-up; trying again");
+                    let _ = ctx.clone().finalize();
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Initialises an already loaded module, finds the token and logs in.
