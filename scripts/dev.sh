@@ -122,7 +122,13 @@ if [[ $postgres == yes ]]; then
     printf '\nhsmca development CA in %s, records in PostgreSQL (%s)\n' "$dir" "$HSMCA_STATE__DATABASE"
     for n in $(seq 1 "$nodes"); do
         mkdir -p "$dir/node$n"
-        HSMCA_SERVER__SOCKET=$dir/node$n/hsmca.sock "$hsmca" serve --config "$config" \
+        # Each node has its own sockets; the workload endpoint (on in the
+        # development config) too.
+        node_env=(HSMCA_SERVER__SOCKET="$dir/node$n/hsmca.sock")
+        if grep -q '^\[workload\]' "$config"; then
+            node_env+=(HSMCA_WORKLOAD__SOCKET="$dir/node$n/workload.sock")
+        fi
+        env "${node_env[@]}" "$hsmca" serve --config "$config" \
             >"$dir/node$n/daemon.log" 2>&1 &
         pids+=($!)
     done
