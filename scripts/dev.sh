@@ -108,6 +108,10 @@ q() { printf '%q' "$1"; }
 if [[ $postgres == yes ]]; then
     command -v runuser >/dev/null 2>&1 || die "runuser not found (util-linux)"
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
+    # As root the server runs as the postgres user, which must be able to
+    # pass through DIR to its data directory: DIR becomes 0711 (others may
+    # traverse, not list; tokens/, state/ and the PIN files stay private).
+    [[ $(id -u) -ne 0 ]] || chmod 0711 "$dir"
     "$repo/scripts/pg-test-server.sh" start "$dir/postgres"
     HSMCA_STATE__DATABASE=$("$repo/scripts/pg-test-server.sh" url "$dir/postgres" hsmca)
     export HSMCA_STATE__DATABASE
