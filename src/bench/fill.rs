@@ -154,14 +154,27 @@ async fn measure(
 /// The copy statement for `cols` (the certificates table's columns as this
 /// engine has them): fresh id and serial, no request_id, expiry spread
 /// over [`SPREAD_S`], `spread` being the engine's expression for a
-/// per-row number in 0..SPREAD_S, `empty` its empty blob.
-fn copy_columns(cols: &[String], spread: &str, empty: &str, random_hex: &str) -> String {
+/// per-row number in 0..SPREAD_S, `empty` its empty blob. Ids and serials
+/// start with their millisecond time, as the daemon's do (UUIDv7 ids,
+/// time-prefixed serials): the copies sort before every new record, so
+/// new rows append to those indexes as they do in a real store.
+/// `time_hex(ms, len)` is the engine's expression for `len` hex digits
+/// starting with `ms`.
+fn copy_columns(
+    cols: &[String],
+    spread: &str,
+    empty: &str,
+    time_hex: &dyn Fn(&str, usize) -> String,
+) -> String {
+    let created = format!("(?now - 3600 - ({spread}))");
+    let ms = format!("{created} * 1000");
     cols.iter()
         .map(|c| match c.as_str() {
-            "id" | "serial" => random_hex.to_owned(),
-            "not_before" => format!("?now - 3600 - ({spread})"),
+            "id" => time_hex(&ms, 36),
+            "serial" => time_hex(&ms, 32),
+            "not_before" => created.clone(),
             "expire_time" => format!("?now - ({spread})"),
-            "create_time" => format!("(?now - 3600 - ({spread})) * 1000000"),
+            "create_time" => format!("{created} * 1000000"),
             "request_id" | "fingerprint" => "''".to_owned(),
             "revoke_time" | "revoke_reason" => "NULL".to_owned(),
             "reply" => empty.to_owned(),
@@ -194,8 +207,14 @@ async fn fill_sqlite(args: &BenchArgs, state: &Path, n: u64) -> CliResult<(u64, 
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let spread = format!("(rowid * 7919 + ?round) % {SPREAD_S}");
-        let select = copy_columns(&cols, &spread, "x''", "lower(hex(randomblob(16)))")
-            .replace("?now", &now_s().to_string());
+        let time_hex = |ms: &str, len: usize| {
+            format!(
+                "printf('%012x', {ms}) || substr(lower(hex(randomblob(16))), 1, {})",
+                len - 12
+            )
+        };
+        let select =
+            copy_columns(&cols, &spread, "x''", &time_hex).replace("?now", &now_s().to_string());
         let count_of = |sql: &str| -> rusqlite::Result<u64> {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)
@@ -261,12 +280,13 @@ async fn fill_postgres(args: &BenchArgs, url: &str, n: u64) -> CliResult<(u64, u
     .map(|r| r.try_get::<String, _>(0))
     .collect::<Result<_, _>>()?;
     let spread = format!("((hashtext(id) & 2147483647)::bigint + ?round) % {SPREAD_S}");
-    let select = copy_columns(
-        &cols,
-        &spread,
-        "''::bytea",
-        "md5(random()::text || clock_timestamp()::text)",
-    )
+    let select = copy_columns(&cols, &spread, "''::bytea", &|ms: &str, len: usize| {
+        format!(
+            "lpad(to_hex(({ms})::bigint), 12, '0') || \
+                 substr(md5(random()::text || clock_timestamp()::text), 1, {})",
+            len - 12
+        )
+    })
     .replace("?now", &now_s().to_string());
     let originals: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE seq > 0")
         .fetch_one(&pool)
