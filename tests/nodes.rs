@@ -959,3 +959,157 @@ burst = 2
     a.stop();
     b.stop();
 }
+
+/// The serial the test hook forces (HSMCA_TEST_SERIAL).
+const FORCED_SERIAL: &str = "7a5e1a1c0111de00000000000000c0de";
+
+/// With serials forced by the test hook: the first certificate gets one;
+/// the next request collides with it in the store twice (its first new
+/// serial is forced too), each discarded certificate is audited as such
+/// and signed again, until a fresh serial is stored; a certificate
+/// request's issue by the background worker collides once and does the
+/// same. Every certificate handed out has its record, and the audit chain
+/// verifies.
+async fn serial_collisions_are_signed_again(mut ca: Ca) {
+    use hsmca::proto::{
+        CreateCertificateRequestRequest, GetCertificateRequestRequest,
+        certificate_request_status::State,
+    };
+    // The first certificate; the second (twice, then a fresh serial); the
+    // certificate request's check at creation (which decides a certificate
+    // it does not sign) and its issue (then a fresh serial).
+    let plan = format!("{0} {0} {0} - {0} {0} -", FORCED_SERIAL);
+    ca.env.push(("HSMCA_TEST_SERIAL".into(), plan));
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let first = ca.issue_cn(&key, "first").await;
+    assert_eq!(first.serial_number.to_ascii_lowercase(), FORCED_SERIAL);
+    let second = ca.issue_cn(&key, "second").await;
+    assert_ne!(second.serial_number.to_ascii_lowercase(), FORCED_SERIAL);
+    // openssl reads the serial the reply names from the certificate itself.
+    let pem = ca.path("second.pem");
+    std::fs::write(&pem, &second.pem_certificate).unwrap();
+    let out = run_ok(
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&pem),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .to_ascii_lowercase(),
+        format!("serial={}", second.serial_number.to_ascii_lowercase())
+    );
+    // Both records are in the store.
+    for c in [&first, &second] {
+        let got = ca
+            .client()
+            .await
+            .get_client_certificate(GetClientCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.pem_certificate, c.pem_certificate);
+    }
+
+    // A certificate request's background issue collides too.
+    let mut requests = hsmca::proto::certificate_requests_client::CertificateRequestsClient::new(
+        hsmca::cli::client::connect(&ca.socket()).await.unwrap(),
+    );
+    let id = requests
+        .create_certificate_request(CreateCertificateRequestRequest {
+            spec: Some(csr_spec(
+                &key.csr("/CN=requested", Some("DNS:requested.example")),
+                3600,
+            )),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let r = requests
+            .get_certificate_request(GetCertificateRequestRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let status = r.status.unwrap_or_default();
+        if status.state() == State::Finished {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued: {status:?}\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requested = &status.certificates[0].serial_number;
+    assert_ne!(requested.to_ascii_lowercase(), FORCED_SERIAL);
+    assert!(status.error.is_empty(), "{}", status.error);
+
+    // The audit log says what happened: the forced serial issued once, then
+    // discarded twice by GenerateClientCertificate (whose entry commits
+    // with the record) and once by the worker (which audits the signature
+    // before it commits).
+    assert!(ca.stop().success());
+    let out = run_ok(
+        ca.hsmca()
+            .args(["audit", "list", "--json", "--config"])
+            .arg(ca.config()),
+    );
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["entry"].clone())
+        .collect();
+    let outcomes_of = |serial: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["serial"].as_str() == Some(serial))
+            .map(|e| e["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let forced = outcomes_of(FORCED_SERIAL);
+    assert_eq!(forced.len(), 5, "{entries:#?}");
+    assert_eq!(forced.iter().filter(|o| *o == "issued").count(), 2);
+    assert_eq!(
+        forced.iter().filter(|o| o.starts_with("discarded")).count(),
+        3,
+        "{forced:?}"
+    );
+    for s in [&second.serial_number, requested] {
+        assert_eq!(outcomes_of(&s.to_ascii_lowercase()), ["issued"]);
+    }
+    assert!(ca.log().contains("already in the store"), "{}", ca.log());
+    let v = run(ca
+        .hsmca()
+        .args(["audit", "verify", "--config"])
+        .arg(ca.config()));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_collision_is_signed_again_with_a_new_serial_on_sqlite() {
+    let mut ca = Ca::new("p256");
+    ca.env.retain(|(k, _)| k != "HSMCA_STATE__DATABASE");
+    serial_collisions_are_signed_again(ca).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_collision_is_signed_again_with_a_new_serial_on_postgres() {
+    let pg = PgServer::start();
+    let (ca, db) = ca_on(&pg);
+    serial_collisions_are_signed_again(ca).await;
+    assert_eq!(
+        pg.psql(
+            &db,
+            &format!("SELECT count(*) FROM certificates WHERE serial = '{FORCED_SERIAL}'")
+        ),
+        "1"
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM certificates"), "3");
+}

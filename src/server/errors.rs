@@ -56,6 +56,12 @@ impl From<StoreError> for Status {
             StoreError::Duplicate => {
                 Status::already_exists("a record with this key already exists")
             }
+            StoreError::SerialTaken => {
+                tracing::error!("new serials kept colliding with stored ones");
+                Status::internal(
+                    "the certificate's serial was already in the store, again and again; nothing was issued; see the daemon's log",
+                )
+            }
             StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "corrupt record");
                 Status::internal("a stored record could not be read; see the daemon's log")

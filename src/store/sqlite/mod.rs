@@ -51,6 +51,13 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
     match &e {
+        // SQLite names the column of a UNIQUE constraint that failed.
+        rusqlite::Error::SqliteFailure(f, Some(m))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && m.contains("certificates.serial") =>
+        {
+            StoreError::SerialTaken
+        }
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation
                 && matches!(

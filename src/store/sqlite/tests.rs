@@ -44,9 +44,18 @@ async fn insert_get_list_update_revoke_and_reopen() {
         store.get("id03").await.unwrap().unwrap(),
         rec("id03", 7, 3, "")
     );
-    // Duplicate serial is refused.
+    // A serial already stored is refused as such (the caller signs again
+    // with a new one); another key taken is a plain duplicate.
+    let mut same_serial = rec("id99", 7, 3, "");
+    same_serial.serial = "serial-id03".into();
     assert!(matches!(
-        store.insert(rec("id03", 7, 3, "")).await,
+        store.insert(same_serial).await,
+        Err(StoreError::SerialTaken)
+    ));
+    let mut same_id = rec("id03", 7, 3, "");
+    same_id.serial = "serial-new".into();
+    assert!(matches!(
+        store.insert(same_id).await,
         Err(StoreError::Duplicate)
     ));
 
