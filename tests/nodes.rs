@@ -812,7 +812,7 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
     let requests = hsmca::proto::certificate_requests_client::CertificateRequestsClient::new(
         hsmca::cli::client::connect(&ca.socket()).await.unwrap(),
     );
-    requests
+    let kept = requests
         .clone()
         .create_certificate_request(CreateCertificateRequestRequest {
             spec: Some(csr_spec(
@@ -820,6 +820,22 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
                 3600,
             )),
             request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new CSR: the request is issued again, which counts towards the
+    // names' renewal limit (a row the copy must carry over).
+    let new_key = KeyPair::new(ca.dir.path(), "p256");
+    requests
+        .clone()
+        .update_certificate_request(hsmca::proto::UpdateCertificateRequestRequest {
+            id: kept.id.clone(),
+            spec: Some(csr_spec(
+                &new_key.csr("/CN=kept", Some("DNS:kept.example")),
+                3600,
+            )),
         })
         .await
         .unwrap();
@@ -847,12 +863,21 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
     assert!(said.contains("verified"), "{said}");
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM certificates"),
-        "3",
+        "4",
         "{said}"
     );
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM certificate_requests"),
         "1"
+    );
+    assert!(said.contains("1 renewal times"), "{said}");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM renewals WHERE names_key LIKE '%DNS:kept.example%'"
+        ),
+        "1",
+        "{said}"
     );
     // A second copy into the now non-empty database is refused.
     let again = run(ca

@@ -1,7 +1,8 @@
 //! `hsmca store copy`: moves a single-host deployment's SQLite store into
 //! PostgreSQL — certificate records with their request_id replies and
-//! revocations, certificate requests, the audit chain as it was hashed,
-//! and the CRL numbering — then checks the counts and the copied chain.
+//! revocations, certificate requests and the renewal times their limit
+//! counts, the audit chain as it was hashed, and the CRL numbering — then
+//! checks the counts and the copied chain.
 
 use super::{
     AuditStore, CertificateStore, CrlStore, ListQuery, RequestQuery, RequestStore, StoreError,
@@ -33,6 +34,7 @@ pub enum CopyError {
 pub struct Copied {
     pub certificates: i64,
     pub requests: i64,
+    pub renewals: i64,
     pub audit: i64,
     pub crl_number: Option<i64>,
 }
@@ -86,6 +88,18 @@ pub async fn copy(
         progress("certificate requests", done.requests);
     }
 
+    let mut row = 0;
+    loop {
+        let (page, last) = from.renewals_page(row, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        row = last;
+        to.import_renewals(&page).await?;
+        done.renewals += page.len() as i64;
+        progress("renewal times", done.renewals);
+    }
+
     let mut seq = 0;
     loop {
         let rows = from.audit_log(seq, PAGE).await?;
@@ -107,6 +121,7 @@ pub async fn copy(
         certificates: before.certificates + done.certificates,
         requests: before.requests + done.requests,
         audit: before.audit + done.audit,
+        renewals: before.renewals + done.renewals,
     };
     if after != want {
         return Err(CopyError::Mismatch(format!(

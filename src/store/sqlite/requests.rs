@@ -288,6 +288,41 @@ fn delete(
     Ok(true)
 }
 
+impl SqliteStore {
+    /// Up to `limit` renewal times (names_key, time) after row `after`, in
+    /// the order they were made, with the row of the last one: for
+    /// `hsmca store copy`, which must carry the renewal limits' counts over.
+    pub async fn renewals_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+        self.readers
+            .read(move |conn| {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT rowid, names_key, time FROM renewals WHERE rowid > ?1 \
+                         ORDER BY rowid LIMIT ?2",
+                    )
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map(params![after, limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(map_err)?;
+                let mut last = after;
+                let mut page = Vec::new();
+                for row in rows {
+                    let (rowid, names_key, time) = row.map_err(map_err)?;
+                    last = rowid;
+                    page.push((names_key, time));
+                }
+                Ok((page, last))
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl RequestStore for SqliteStore {
     async fn create_request(&self, row: RequestRow) -> Result<(), StoreError> {
