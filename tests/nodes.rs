@@ -1222,3 +1222,155 @@ async fn the_same_key_and_names_requested_on_two_nodes_at_once_is_created_once()
         .sum::<usize>();
     eprintln!("{caught} duplicate creates caught by the unique index");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_under_a_running_daemon_fails_unavailable_by_name_until_fixed() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let pg = PgServer::start();
+    let db = pg.create_db();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE hsmca_rt LOGIN PASSWORD 'first-password'",
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} OWNER TO hsmca_rt"),
+    );
+    pg.psql(&db, "GRANT ALL ON SCHEMA public TO hsmca_rt");
+    let hba = pg.data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all hsmca_rt scram-sha-256\n{text}")).unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("db-password");
+    std::fs::write(&pw, "first-password\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let url = pg.url(&db).replace("postgres@", "hsmca_rt@");
+    let pw_path = pw.display().to_string();
+    let mut ca = Ca::with_env(
+        "p256",
+        &[
+            ("HSMCA_STATE__DATABASE", &url),
+            ("HSMCA_STATE__DATABASE_PASSWORD_FILE", &pw_path),
+            ("HSMCA_STATE__DATABASE_TIMEOUT", "1s"),
+        ],
+    );
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let mut handed_out = vec![ca.issue_cn(&key, "before").await.serial_number];
+    let health_of = || async {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = hsmca::cli::client::connect(&ca.socket()).await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            HealthClient::new(channel).check(HealthCheckRequest {
+                service: "hsmca.v1.CertificateAuthority".into(),
+            }),
+        )
+        .await
+        .expect("health did not answer within 5 s")
+        .unwrap();
+        ServingStatus::try_from(r.into_inner().status).unwrap()
+    };
+    assert_eq!(health_of().await, ServingStatus::Serving);
+
+    // The password changes under the daemon and its sessions are cut: every
+    // new connection is refused.
+    pg.psql("postgres", "ALTER ROLE hsmca_rt PASSWORD 'second-password'");
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let r = ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "meanwhile"))
+            .await;
+        match r {
+            Ok(c) => handed_out.push(c.into_inner().serial_number),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(e.message().contains("state.database"), "{}", e.message());
+                if e.message().contains("password authentication failed") {
+                    break e;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal naming the password check:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !refused.message().contains("password'") && !refused.message().contains("-password"),
+        "{}",
+        refused.message()
+    );
+    // Health still answers, and says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health_of().await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Other calls are refused the same way, and the daemon stays up.
+    let e = ca
+        .client()
+        .await
+        .get_client_certificate(GetClientCertificateRequest {
+            certificate_id: "01a2b3c4-0000-7000-8000-000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // The password is set back: the daemon reconnects by itself.
+    pg.psql("postgres", "ALTER ROLE hsmca_rt PASSWORD 'first-password'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "after"))
+            .await
+        {
+            Ok(c) => {
+                handed_out.push(c.into_inner().serial_number);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "issuance did not resume:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health_of().await != ServingStatus::Serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every certificate handed out is on the record; no password was logged.
+    let stored = stored_serials(&pg, &db);
+    for s in &handed_out {
+        assert!(stored.contains(&s.to_ascii_lowercase()), "{s} not stored");
+    }
+    assert!(ca.stop().success());
+    let log = ca.log();
+    assert!(log.contains("password authentication failed"), "{log}");
+    assert!(
+        !log.contains("first-password") && !log.contains("second-password"),
+        "a password was logged"
+    );
+}

@@ -49,9 +49,12 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Unavailable(m) => {
                 tracing::error!(error = %m, "store unavailable");
-                Status::unavailable(
-                    "the certificate store cannot be written right now; nothing was issued or changed; retry shortly",
-                )
+                // The reason names the setting at fault (state.dir,
+                // state.database, state.database_timeout) and never a
+                // password: the store's errors are written that way.
+                Status::unavailable(format!(
+                    "the certificate store cannot be written right now ({m}); nothing was issued or changed; retry shortly"
+                ))
             }
             StoreError::Duplicate => {
                 Status::already_exists("a record with this key already exists")
