@@ -1280,10 +1280,22 @@ async fn a_password_changed_under_a_running_daemon_fails_unavailable_by_name_unt
     // The password changes under the daemon and its sessions are cut: every
     // new connection is refused.
     pg.psql("postgres", "ALTER ROLE hsmca_rt PASSWORD 'second-password'");
-    pg.psql(
-        "postgres",
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
-    );
+    // A login that began before the change completes with the old
+    // password (and is a valid session): cut sessions until none is left.
+    for _ in 0..20 {
+        pg.psql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let left = pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
+        );
+        if left == "0" {
+            break;
+        }
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let refused = loop {
         let r = ca
