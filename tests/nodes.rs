@@ -851,6 +851,17 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
             .pem_crl,
     );
     assert!(ca.stop().success());
+    // Retention has cut the audit log's first two records, as it does:
+    // the checkpoint keeps the third one's predecessor hash.
+    {
+        let db = rusqlite::Connection::open(ca.path("state").join("hsmca.db")).unwrap();
+        db.execute_batch(
+            "INSERT OR REPLACE INTO audit_checkpoint (id, seq, prev_hash) \
+             SELECT 1, seq, prev_hash FROM audit_log WHERE seq = 3; \
+             DELETE FROM audit_log WHERE seq < 3;",
+        )
+        .unwrap();
+    }
 
     let db = pg.create_db();
     let url = pg.url(&db);
@@ -871,6 +882,13 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
         "1"
     );
     assert!(said.contains("1 renewal times"), "{said}");
+    // The cut log moved with its checkpoint, and verifies from there (below).
+    assert_eq!(
+        pg.psql(&db, "SELECT seq FROM audit_checkpoint"),
+        "3",
+        "{said}"
+    );
+    assert_eq!(pg.psql(&db, "SELECT min(seq) FROM audit_log"), "3");
     assert_eq!(
         pg.psql(
             &db,

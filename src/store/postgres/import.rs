@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::{PgStore, certificates::insert_record, corrupt, map_err};
 use crate::{
     audit::AuditRow,
-    store::{CrlRecord, Record, RequestRow, StoreError},
+    store::{AuditCheckpoint, CrlRecord, Record, RequestRow, StoreError},
 };
 
 /// Row counts of a store, to compare a copy with its source.
@@ -103,6 +103,21 @@ impl PgStore {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    }
+
+    /// Where a log that retention has cut starts, so the copied chain
+    /// verifies from there as the source's did.
+    pub async fn import_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoint (id, seq, prev_hash) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, prev_hash = EXCLUDED.prev_hash",
+        )
+        .bind(cp.seq)
+        .bind(&cp.prev_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 
     /// Renewal times (names_key, time), so the renewal limit counts the
