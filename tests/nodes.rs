@@ -1242,7 +1242,7 @@ async fn the_same_key_and_names_requested_on_two_nodes_at_once_is_created_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_changed_under_a_running_daemon_fails_unavailable_by_name_until_fixed() {
+async fn a_database_refusing_a_running_daemon_fails_unavailable_by_name_until_fixed() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let pg = PgServer::start();
     let db = pg.create_db();
@@ -1409,6 +1409,38 @@ async fn a_password_changed_under_a_running_daemon_fails_unavailable_by_name_unt
     let stored = stored_serials(&pg, &db);
     for s in &handed_out {
         assert!(stored.contains(&s.to_ascii_lowercase()), "{s} not stored");
+    }
+
+    // The database is dropped under the daemon: refused by name too, and
+    // health still answers.
+    pg.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let e = ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "dropped"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", ca.log());
+        if e.message().contains("state.database") && e.message().contains("does not exist") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal naming the missing database: {e:?}\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of().await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed SERVING with the database dropped:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stopped = ca.stop();
     assert!(stopped.success(), "{stopped}:\n{}", ca.log());
