@@ -34,7 +34,7 @@ pub struct AuditEntry {
     /// SHA-256 of the TBSCertificate (or TBSCertList) that was signed.
     pub tbs_sha256: String,
     pub key_label: String,
-    /// `issued`, `signed`, or `refused: CODE: reason`.
+    /// `issued`, `signed`, `refused: CODE: reason`, or [`DISCARDED`].
     pub outcome: String,
 }
 
@@ -66,7 +66,22 @@ impl AuditEntry {
         e.outcome = "issued".into();
         e
     }
+
+    /// The entry for a certificate the token signed that is never handed
+    /// out: its serial was already in the store (see
+    /// `store::StoreError::SerialTaken`), so it is signed again under a
+    /// new serial, which gets an entry of its own.
+    pub fn discarded(issued: &Issued, who: Option<&Identity>, operation: &str) -> Self {
+        tracing::warn!(serial = %issued.serial_hex, "the serial is already in the store; signing again with a new one");
+        let mut e = Self::issued(issued, who, operation);
+        e.outcome = DISCARDED.into();
+        e
+    }
 }
+
+/// The outcome of a [`AuditEntry::discarded`] entry.
+pub const DISCARDED: &str =
+    "discarded: the serial is already in the store; signed again with a new serial";
 
 /// One stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -812,7 +812,7 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
     let requests = hsmca::proto::certificate_requests_client::CertificateRequestsClient::new(
         hsmca::cli::client::connect(&ca.socket()).await.unwrap(),
     );
-    requests
+    let kept = requests
         .clone()
         .create_certificate_request(CreateCertificateRequestRequest {
             spec: Some(csr_spec(
@@ -820,6 +820,22 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
                 3600,
             )),
             request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new CSR: the request is issued again, which counts towards the
+    // names' renewal limit (a row the copy must carry over).
+    let new_key = KeyPair::new(ca.dir.path(), "p256");
+    requests
+        .clone()
+        .update_certificate_request(hsmca::proto::UpdateCertificateRequestRequest {
+            id: kept.id.clone(),
+            spec: Some(csr_spec(
+                &new_key.csr("/CN=kept", Some("DNS:kept.example")),
+                3600,
+            )),
         })
         .await
         .unwrap();
@@ -835,6 +851,17 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
             .pem_crl,
     );
     assert!(ca.stop().success());
+    // Retention has cut the audit log's first two records, as it does:
+    // the checkpoint keeps the third one's predecessor hash.
+    {
+        let db = rusqlite::Connection::open(ca.path("state").join("hsmca.db")).unwrap();
+        db.execute_batch(
+            "INSERT OR REPLACE INTO audit_checkpoint (id, seq, prev_hash) \
+             SELECT 1, seq, prev_hash FROM audit_log WHERE seq = 3; \
+             DELETE FROM audit_log WHERE seq < 3;",
+        )
+        .unwrap();
+    }
 
     let db = pg.create_db();
     let url = pg.url(&db);
@@ -847,12 +874,28 @@ async fn store_copy_moves_a_sqlite_deployment_to_postgres() {
     assert!(said.contains("verified"), "{said}");
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM certificates"),
-        "3",
+        "4",
         "{said}"
     );
     assert_eq!(
         pg.psql(&db, "SELECT count(*) FROM certificate_requests"),
         "1"
+    );
+    assert!(said.contains("1 renewal times"), "{said}");
+    // The cut log moved with its checkpoint, and verifies from there (below).
+    assert_eq!(
+        pg.psql(&db, "SELECT seq FROM audit_checkpoint"),
+        "3",
+        "{said}"
+    );
+    assert_eq!(pg.psql(&db, "SELECT min(seq) FROM audit_log"), "3");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM renewals WHERE names_key LIKE '%DNS:kept.example%'"
+        ),
+        "1",
+        "{said}"
     );
     // A second copy into the now non-empty database is refused.
     let again = run(ca
@@ -958,4 +1001,453 @@ burst = 2
     }
     a.stop();
     b.stop();
+}
+
+/// The serial the test hook forces (HSMCA_TEST_SERIAL).
+const FORCED_SERIAL: &str = "7a5e1a1c0111de00000000000000c0de";
+
+/// With serials forced by the test hook: the first certificate gets one;
+/// the next request collides with it in the store twice (its first new
+/// serial is forced too), each discarded certificate is audited as such
+/// and signed again, until a fresh serial is stored; a certificate
+/// request's issue by the background worker collides once and does the
+/// same. Every certificate handed out has its record, and the audit chain
+/// verifies.
+async fn serial_collisions_are_signed_again(mut ca: Ca) {
+    use hsmca::proto::{
+        CreateCertificateRequestRequest, GetCertificateRequestRequest,
+        certificate_request_status::State,
+    };
+    // The first certificate; the second (twice, then a fresh serial); the
+    // certificate request's check at creation (which decides a certificate
+    // it does not sign) and its issue (then a fresh serial).
+    let plan = format!("{0} {0} {0} - {0} {0} -", FORCED_SERIAL);
+    ca.env.push(("HSMCA_TEST_SERIAL".into(), plan));
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let first = ca.issue_cn(&key, "first").await;
+    assert_eq!(first.serial_number.to_ascii_lowercase(), FORCED_SERIAL);
+    let second = ca.issue_cn(&key, "second").await;
+    assert_ne!(second.serial_number.to_ascii_lowercase(), FORCED_SERIAL);
+    // openssl reads the serial the reply names from the certificate itself.
+    let pem = ca.path("second.pem");
+    std::fs::write(&pem, &second.pem_certificate).unwrap();
+    let out = run_ok(
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&pem),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .to_ascii_lowercase(),
+        format!("serial={}", second.serial_number.to_ascii_lowercase())
+    );
+    // Both records are in the store.
+    for c in [&first, &second] {
+        let got = ca
+            .client()
+            .await
+            .get_client_certificate(GetClientCertificateRequest {
+                certificate_id: c.certificate_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.pem_certificate, c.pem_certificate);
+    }
+
+    // A certificate request's background issue collides too.
+    let mut requests = hsmca::proto::certificate_requests_client::CertificateRequestsClient::new(
+        hsmca::cli::client::connect(&ca.socket()).await.unwrap(),
+    );
+    let id = requests
+        .create_certificate_request(CreateCertificateRequestRequest {
+            spec: Some(csr_spec(
+                &key.csr("/CN=requested", Some("DNS:requested.example")),
+                3600,
+            )),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let r = requests
+            .get_certificate_request(GetCertificateRequestRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let status = r.status.unwrap_or_default();
+        if status.state() == State::Finished {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued: {status:?}\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let requested = &status.certificates[0].serial_number;
+    assert_ne!(requested.to_ascii_lowercase(), FORCED_SERIAL);
+    assert!(status.error.is_empty(), "{}", status.error);
+
+    // The audit log says what happened: the forced serial issued once, then
+    // discarded twice by GenerateClientCertificate (whose entry commits
+    // with the record) and once by the worker (which audits the signature
+    // before it commits).
+    assert!(ca.stop().success());
+    let out = run_ok(
+        ca.hsmca()
+            .args(["audit", "list", "--json", "--config"])
+            .arg(ca.config()),
+    );
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["entry"].clone())
+        .collect();
+    let outcomes_of = |serial: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["serial"].as_str() == Some(serial))
+            .map(|e| e["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let forced = outcomes_of(FORCED_SERIAL);
+    assert_eq!(forced.len(), 5, "{entries:#?}");
+    assert_eq!(forced.iter().filter(|o| *o == "issued").count(), 2);
+    assert_eq!(
+        forced.iter().filter(|o| o.starts_with("discarded")).count(),
+        3,
+        "{forced:?}"
+    );
+    for s in [&second.serial_number, requested] {
+        assert_eq!(outcomes_of(&s.to_ascii_lowercase()), ["issued"]);
+    }
+    assert!(ca.log().contains("already in the store"), "{}", ca.log());
+    let v = run(ca
+        .hsmca()
+        .args(["audit", "verify", "--config"])
+        .arg(ca.config()));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_collision_is_signed_again_with_a_new_serial_on_sqlite() {
+    let mut ca = Ca::new("p256");
+    ca.env.retain(|(k, _)| k != "HSMCA_STATE__DATABASE");
+    serial_collisions_are_signed_again(ca).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_collision_is_signed_again_with_a_new_serial_on_postgres() {
+    let pg = PgServer::start();
+    let (ca, db) = ca_on(&pg);
+    serial_collisions_are_signed_again(ca).await;
+    assert_eq!(
+        pg.psql(
+            &db,
+            &format!("SELECT count(*) FROM certificates WHERE serial = '{FORCED_SERIAL}'")
+        ),
+        "1"
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM certificates"), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_and_names_requested_on_two_nodes_at_once_is_created_once() {
+    use hsmca::proto::CreateCertificateRequestRequest;
+    let pg = PgServer::start();
+    let (ca, db) = ca_on(&pg);
+    let mut a = Node::new(&ca, "node1");
+    let mut b = Node::new(&ca, "node2");
+    a.start(&ca);
+    b.start(&ca);
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        // One CSR (one key, one set of names), created three times on each
+        // node at once: each Create passes the duplicate lookup before any
+        // row exists, and the unique index on the key and names decides.
+        let key = KeyPair::new(ca.dir.path(), "p256");
+        let csr = key.csr(
+            &format!("/CN=dup-{round}"),
+            Some(&format!("DNS:dup-{round}.example")),
+        );
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            clients.push(if i % 2 == 0 {
+                a.requests().await
+            } else {
+                b.requests().await
+            });
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+        let mut tasks = Vec::new();
+        for mut c in clients {
+            let spec = csr_spec(&csr, 3600);
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                c.create_certificate_request(CreateCertificateRequestRequest {
+                    spec: Some(spec),
+                    request_id: String::new(),
+                })
+                .await
+            }));
+        }
+        let mut created = Vec::new();
+        let mut refused = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => created.push(r.into_inner().id),
+                Err(e) => refused.push(e),
+            }
+        }
+        assert_eq!(created.len(), 1, "round {round}: {created:?} {refused:?}");
+        for e in &refused {
+            assert_eq!(e.code(), Code::AlreadyExists, "round {round}: {e:?}");
+            assert!(
+                e.message().contains("already has this key and these names")
+                    || e.message().contains("created at the same time"),
+                "{}",
+                e.message()
+            );
+        }
+        assert_eq!(
+            pg.psql(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM certificate_requests WHERE names_key LIKE '%dup-{round}.example%'"
+                )
+            ),
+            "1"
+        );
+    }
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM certificate_requests"),
+        ROUNDS.to_string()
+    );
+    a.stop();
+    b.stop();
+    // How many losers got past the lookup and were caught by the index
+    // (timing decides; the outcome above is the same either way).
+    let caught = [&a, &b]
+        .iter()
+        .map(|n| n.log().matches("created at the same time as one").count())
+        .sum::<usize>();
+    eprintln!("{caught} duplicate creates caught by the unique index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_a_running_daemon_fails_unavailable_by_name_until_fixed() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let pg = PgServer::start();
+    let db = pg.create_db();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE hsmca_rt LOGIN PASSWORD 'first-password'",
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} OWNER TO hsmca_rt"),
+    );
+    pg.psql(&db, "GRANT ALL ON SCHEMA public TO hsmca_rt");
+    let hba = pg.data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all hsmca_rt scram-sha-256\n{text}")).unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("db-password");
+    std::fs::write(&pw, "first-password\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let url = pg.url(&db).replace("postgres@", "hsmca_rt@");
+    let pw_path = pw.display().to_string();
+    let mut ca = Ca::with_env(
+        "p256",
+        &[
+            ("HSMCA_STATE__DATABASE", &url),
+            ("HSMCA_STATE__DATABASE_PASSWORD_FILE", &pw_path),
+            // Room for a SCRAM login (a debug build's PBKDF2) on a busy
+            // machine: a login slower than this is a PoolTimedOut refusal,
+            // which names state.database_timeout instead.
+            ("HSMCA_STATE__DATABASE_TIMEOUT", "5s"),
+        ],
+    );
+    ca.start();
+    let key = KeyPair::new(ca.dir.path(), "p256");
+    let mut handed_out = vec![ca.issue_cn(&key, "before").await.serial_number];
+    let health_of = || async {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = hsmca::cli::client::connect(&ca.socket()).await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            HealthClient::new(channel).check(HealthCheckRequest {
+                service: "hsmca.v1.CertificateAuthority".into(),
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("health did not answer within 15 s:\n{}", ca.log()))
+        .unwrap();
+        ServingStatus::try_from(r.into_inner().status).unwrap()
+    };
+    assert_eq!(health_of().await, ServingStatus::Serving);
+
+    // The password changes under the daemon and its sessions are cut: every
+    // new connection is refused.
+    pg.psql("postgres", "ALTER ROLE hsmca_rt PASSWORD 'second-password'");
+    // A login that began before the change completes with the old
+    // password (and is a valid session): cut sessions until none is left.
+    for _ in 0..20 {
+        pg.psql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let left = pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'hsmca_rt'",
+        );
+        if left == "0" {
+            break;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let refused = loop {
+        let r = ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "meanwhile"))
+            .await;
+        match r {
+            Ok(c) => handed_out.push(c.into_inner().serial_number),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", ca.log());
+                assert!(
+                    e.message().contains("state.database"),
+                    "{}\n{}",
+                    e.message(),
+                    ca.log()
+                );
+                if e.message().contains("password authentication failed") {
+                    break e;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal naming the password check:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !refused.message().contains("password'") && !refused.message().contains("-password"),
+        "{}",
+        refused.message()
+    );
+    // Health still answers, and says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of().await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed SERVING; sessions: {}\n{}",
+            pg.psql(
+                "postgres",
+                "SELECT pid, state, backend_start FROM pg_stat_activity WHERE usename = 'hsmca_rt'"
+            ),
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Other calls are refused the same way, and the daemon stays up.
+    let e = ca
+        .client()
+        .await
+        .get_client_certificate(GetClientCertificateRequest {
+            certificate_id: "01a2b3c4-0000-7000-8000-000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", ca.log());
+
+    // The password is set back: the daemon reconnects by itself.
+    pg.psql("postgres", "ALTER ROLE hsmca_rt PASSWORD 'first-password'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        match ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "after"))
+            .await
+        {
+            Ok(c) => {
+                handed_out.push(c.into_inner().serial_number);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", ca.log()),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "issuance did not resume:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of().await != ServingStatus::Serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed NOT_SERVING:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every certificate handed out is on the record; no password was logged.
+    let stored = stored_serials(&pg, &db);
+    for s in &handed_out {
+        assert!(stored.contains(&s.to_ascii_lowercase()), "{s} not stored");
+    }
+
+    // The database is dropped under the daemon: refused by name too, and
+    // health still answers.
+    pg.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let e = ca
+            .client()
+            .await
+            .generate_client_certificate(req(&key, "dropped"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", ca.log());
+        if e.message().contains("state.database") && e.message().contains("does not exist") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal naming the missing database: {e:?}\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health_of().await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed SERVING with the database dropped:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = ca.stop();
+    assert!(stopped.success(), "{stopped}:\n{}", ca.log());
+    let log = ca.log();
+    assert!(log.contains("password authentication failed"), "{log}");
+    assert!(
+        !log.contains("first-password") && !log.contains("second-password"),
+        "a password was logged"
+    );
 }

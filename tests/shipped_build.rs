@@ -19,6 +19,8 @@ use tonic::Code;
 
 /// A message only the real hook logs when it injects a fault.
 const HOOK_MARK: &[u8] = b"test hook: injecting a PKCS#11 error";
+/// What only the serial hook logs when it forces a serial.
+const SERIAL_HOOK_MARK: &[u8] = b"test hook: forcing the serial";
 
 /// The daemon as `cargo build` makes it: `HSMCA_SHIPPED_BIN` (the test
 /// command builds it before the tests), or built here into a target
@@ -84,6 +86,13 @@ async fn the_shipped_build_ignores_the_fault_hook_and_does_not_contain_it() {
     assert!(
         !contains(&shipped_bytes, HOOK_MARK),
         "{} carries the fault hook",
+        shipped.display()
+    );
+    // Nor the hook that forces serials (issue/serial_hook.rs).
+    assert!(contains(&test_bytes, SERIAL_HOOK_MARK));
+    assert!(
+        !contains(&shipped_bytes, SERIAL_HOOK_MARK),
+        "{} carries the serial hook",
         shipped.display()
     );
 

@@ -11,8 +11,9 @@ use crate::config::{Config, Database, StateConfig};
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Copy a SQLite store into an empty PostgreSQL database: records with
-    /// their request_id replies, certificate requests, the audit chain and
-    /// the CRL number; the counts and the chain are checked at the end.
+    /// their request_id replies, certificate requests with their renewal
+    /// times, the audit chain and the CRL number; the counts and the chain
+    /// are checked at the end.
     Copy(CopyArgs),
 }
 
@@ -81,9 +82,10 @@ pub async fn run(cmd: StoreCommand) -> CliResult {
     write_out(
         None,
         &format!(
-            "copied {} certificate records, {} certificate requests, {} audit records{}; counts and audit chain verified\n",
+            "copied {} certificate records, {} certificate requests, {} renewal times, {} audit records{}; counts and audit chain verified\n",
             c.certificates,
             c.requests,
+            c.renewals,
             c.audit,
             c.crl_number
                 .map(|n| format!(", CRL numbers continue after {n}"))

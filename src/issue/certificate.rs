@@ -118,6 +118,7 @@ where
 }
 
 /// Everything that goes into one leaf certificate besides the issuer.
+#[derive(Clone)]
 pub struct LeafSpec {
     pub subject: Name,
     pub general_names: Vec<GeneralName>,
@@ -248,6 +249,9 @@ fn name_constraints(p: &Permitted) -> Result<Option<NameConstraints>, BuildError
 /// until the year 10889, so the encoding keeps all 16 bytes, and its top bit
 /// is clear, so no sign byte is added.
 pub fn new_serial() -> Result<SerialNumber, BuildError> {
+    if let Some(bytes) = super::serial_hook::forced() {
+        return Ok(SerialNumber::new(&bytes)?);
+    }
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| BuildError::Encoding(format!("the clock is before 1970: {e}")))?

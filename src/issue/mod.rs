@@ -19,6 +19,10 @@ pub mod certificate;
 pub mod csr;
 mod offload;
 pub mod request;
+// The test hook that forces serials: real only in test builds, a stand-in
+// without behaviour in the shipped one (see serial_hook_off.rs).
+#[cfg_attr(not(feature = "test-faults"), path = "serial_hook_off.rs")]
+mod serial_hook;
 pub mod subject_key;
 pub mod svid;
 
@@ -146,7 +150,10 @@ impl Checked {
     }
 }
 
-/// A request with its certificate decided but not yet signed.
+/// A request with its certificate decided but not yet signed. Kept (cloned)
+/// until the record is stored, so that a serial the store already holds
+/// can be replaced ([`Decided::renew_serial`]) and the certificate signed again.
+#[derive(Clone)]
 pub struct Decided {
     pub spec: LeafSpec,
     pub subject: String,
@@ -157,6 +164,23 @@ pub struct Decided {
     pub tags: BTreeMap<String, String>,
     pub request_id: String,
 }
+
+impl Decided {
+    /// A fresh serial, for when the store says the decided one is taken:
+    /// the certificate is then signed again, never handed out under a
+    /// serial whose record could not be stored.
+    pub fn renew_serial(&mut self) -> Result<(), IssueError> {
+        let serial = certificate::new_serial()?;
+        self.serial_hex = serial_hex(serial.as_bytes());
+        self.spec.serial = serial;
+        Ok(())
+    }
+}
+
+/// How many times a certificate is signed again because its serial was
+/// taken before the request fails: with 80 random bits a second collision
+/// in a row does not happen unless something is broken.
+pub const SERIAL_ATTEMPTS: u32 = 4;
 
 pub struct Issuer {
     /// The token key's label, for the audit log.

@@ -89,7 +89,13 @@ impl Requests {
         match self.store.create_request(row.clone()).await {
             Ok(()) => {}
             Err(StoreError::Duplicate) => {
-                // Another Create with the same key and names won the race.
+                // Another Create with the same key and names won the race
+                // (on this node or another): the unique index caught it.
+                tracing::info!(
+                    uid = peer.uid,
+                    names = %names_text(&row.names_key),
+                    "refused a certificate request created at the same time as one with the same key and names"
+                );
                 return Err(match self.store.request_by_dup_key(&row.dup_key).await? {
                     Some(existing) => self.duplicate(peer, &existing),
                     None => RequestError::AlreadyExists(

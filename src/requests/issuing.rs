@@ -13,10 +13,10 @@ use super::{
 };
 use crate::{
     audit::AuditEntry,
-    issue::Issued,
+    issue::{Decided, Issued, SERIAL_ATTEMPTS},
     peer::{Peer, identity::Identity},
     proto::{CertificateRequest, IssuedCertificate, certificate_request_status::State},
-    store::{Record, RequestChange, RequestRow, Revocation},
+    store::{Record, RequestChange, RequestRow, Revocation, StoreError},
     time::{rfc3339_secs, timestamp, timestamp_secs, unix_now, unix_secs},
 };
 
@@ -80,17 +80,16 @@ impl Requests {
         let spec = r.spec.clone().unwrap_or_default();
         let policy = self.auth.current();
         let outcome = match spec::decide(&self.issuer, &spec, &policy, &who).await {
-            Ok((decided, _)) => self.issuer.sign(decided).await.map_err(RequestError::from),
+            Ok((decided, _)) => match self.issuer.sign(decided.clone()).await {
+                Ok(issued) => Ok((decided, issued)),
+                Err(e) => Err(e.into()),
+            },
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(mut issued) => {
-                issued.tags = BTreeMap::from([(REQUEST_TAG.to_owned(), id.to_owned())]);
-                // The token has signed: that is on the record before anything else.
-                self.store
-                    .audit(AuditEntry::issued(&issued, Some(&who), operation(renewal)))
-                    .await?;
-                self.commit_issued(row, r, &issued, renewal, now).await
+            Ok((decided, issued)) => {
+                self.commit_signed(row, r, decided, issued, &who, renewal, now)
+                    .await
             }
             Err(e) if passes(&e) => {
                 let retry = now + self.cfg.retry_after.as_secs() as i64;
@@ -104,6 +103,48 @@ impl Requests {
                 self.save(row, &r, Some(retry)).await
             }
             Err(e) => self.fail(row, r, &who, &spec.profile, renewal, &e).await,
+        }
+    }
+
+    /// Commits `issued` (signed as `decided`) with the request's new
+    /// state. A serial the store already holds is signed again under a new
+    /// one, the discarded certificate audited as such.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_signed(
+        &self,
+        row: RequestRow,
+        r: CertificateRequest,
+        mut decided: Decided,
+        mut issued: Issued,
+        who: &Identity,
+        renewal: bool,
+        now: i64,
+    ) -> Result<(), RequestError> {
+        let mut attempt = 1;
+        loop {
+            issued.tags = BTreeMap::from([(REQUEST_TAG.to_owned(), row.id.clone())]);
+            // The token has signed: that is on the record before anything else.
+            self.store
+                .audit(AuditEntry::issued(&issued, Some(who), operation(renewal)))
+                .await?;
+            match self
+                .commit_issued(row.clone(), r.clone(), &issued, renewal, now)
+                .await
+            {
+                Err(RequestError::Store(StoreError::SerialTaken)) if attempt < SERIAL_ATTEMPTS => {
+                    self.store
+                        .audit(AuditEntry::discarded(
+                            &issued,
+                            Some(who),
+                            operation(renewal),
+                        ))
+                        .await?;
+                    decided.renew_serial()?;
+                    issued = self.issuer.sign(decided.clone()).await?;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -49,12 +49,21 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Unavailable(m) => {
                 tracing::error!(error = %m, "store unavailable");
-                Status::unavailable(
-                    "the certificate store cannot be written right now; nothing was issued or changed; retry shortly",
-                )
+                // The reason names the setting at fault (state.dir,
+                // state.database, state.database_timeout) and never a
+                // password: the store's errors are written that way.
+                Status::unavailable(format!(
+                    "the certificate store cannot be written right now ({m}); nothing was issued or changed; retry shortly"
+                ))
             }
             StoreError::Duplicate => {
                 Status::already_exists("a record with this key already exists")
+            }
+            StoreError::SerialTaken => {
+                tracing::error!("new serials kept colliding with stored ones");
+                Status::internal(
+                    "the certificate's serial was already in the store, again and again; nothing was issued; see the daemon's log",
+                )
             }
             StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "corrupt record");

@@ -17,8 +17,8 @@ use crate::{
     audit::AuditEntry,
     crl::CrlPublisher,
     issue::{
-        IssueRequest, Issued, Issuer, RequestedLifetime, check_description, check_request_id,
-        check_tags,
+        IssueRequest, Issued, Issuer, RequestedLifetime, SERIAL_ATTEMPTS, check_description,
+        check_request_id, check_tags,
     },
     keyed_locks::KeyedLocks,
     peer::identity::Identity,
@@ -225,8 +225,24 @@ impl CaService {
         }
         // Held until the record is committed (or the request fails).
         let _announced = self.store.announce_insert();
-        let issued = self.issuer.sign(decided).await?;
-        let reply = self.record(&issued, &peer, &who, fingerprint).await?;
+        let mut decided = decided;
+        let mut attempt = 1;
+        let (issued, reply) = loop {
+            let issued = self.issuer.sign(decided.clone()).await?;
+            match self.record(&issued, &peer, &who, fingerprint.clone()).await {
+                Err(StoreError::SerialTaken) if attempt < SERIAL_ATTEMPTS => {
+                    // Signed but never handed out: on the record, then
+                    // signed again under a new serial.
+                    let op = "GenerateClientCertificate";
+                    self.store
+                        .audit(AuditEntry::discarded(&issued, Some(&who), op))
+                        .await?;
+                    decided.renew_serial()?;
+                    attempt += 1;
+                }
+                r => break (issued, r?),
+            }
+        };
         tracing::info!(
             uid = peer.uid, gid = peer.gid, pid = peer.pid,
             user = who.user.as_deref().unwrap_or("-"),
@@ -249,7 +265,7 @@ impl CaService {
         peer: &Peer,
         who: &Identity,
         fingerprint: String,
-    ) -> Result<ClientCertificate, Status> {
+    ) -> Result<ClientCertificate, StoreError> {
         let audit = AuditEntry::issued(issued, Some(who), "GenerateClientCertificate");
         let mut record = Record::issued(issued, peer, fingerprint);
         // The reply is the record as Get would show it; a request with a
@@ -271,7 +287,7 @@ impl CaService {
                 self.store.expire_request_ids(cutoff).await?;
                 self.store.insert_audited(record, Some(audit)).await?;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
         Ok(reply)
     }

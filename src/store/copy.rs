@@ -1,7 +1,9 @@
 //! `hsmca store copy`: moves a single-host deployment's SQLite store into
 //! PostgreSQL — certificate records with their request_id replies and
-//! revocations, certificate requests, the audit chain as it was hashed,
-//! and the CRL numbering — then checks the counts and the copied chain.
+//! revocations, certificate requests and the renewal times their limit
+//! counts, the audit chain as it was hashed (from its checkpoint when
+//! retention has cut it), and the CRL numbering — then checks the counts
+//! and the copied chain.
 
 use super::{
     AuditStore, CertificateStore, CrlStore, ListQuery, RequestQuery, RequestStore, StoreError,
@@ -33,6 +35,7 @@ pub enum CopyError {
 pub struct Copied {
     pub certificates: i64,
     pub requests: i64,
+    pub renewals: i64,
     pub audit: i64,
     pub crl_number: Option<i64>,
 }
@@ -86,6 +89,25 @@ pub async fn copy(
         progress("certificate requests", done.requests);
     }
 
+    let mut row = 0;
+    loop {
+        let (page, last) = from.renewals_page(row, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        row = last;
+        to.import_renewals(&page).await?;
+        done.renewals += page.len() as i64;
+        progress("renewal times", done.renewals);
+    }
+
+    // A log that retention has cut starts at its checkpoint, which moves
+    // over with it (before the rows, so a reader never sees a cut log
+    // without it).
+    let checkpoint = from.audit_checkpoint().await?;
+    if let Some(cp) = &checkpoint {
+        to.import_audit_checkpoint(cp).await?;
+    }
     let mut seq = 0;
     loop {
         let rows = from.audit_log(seq, PAGE).await?;
@@ -107,13 +129,25 @@ pub async fn copy(
         certificates: before.certificates + done.certificates,
         requests: before.requests + done.requests,
         audit: before.audit + done.audit,
+        renewals: before.renewals + done.renewals,
     };
     if after != want {
         return Err(CopyError::Mismatch(format!(
             "the destination holds {after:?}, expected {want:?}"
         )));
     }
-    let mut head = (0i64, GENESIS.to_owned());
+    let start = match &checkpoint {
+        Some(cp) => (cp.seq - 1, cp.prev_hash.clone()),
+        None => (0, GENESIS.to_owned()),
+    };
+    // The chain ends at the source's last record: its count on a whole
+    // log, the last sequence number copied on a cut one.
+    let want_end = if checkpoint.is_some() {
+        seq
+    } else {
+        want.audit
+    };
+    let mut head = start;
     loop {
         let rows = to.audit_log(head.0, PAGE).await?;
         if rows.is_empty() {
@@ -122,10 +156,10 @@ pub async fn copy(
         head = verify_rows(head, &rows)
             .map_err(|e| CopyError::Mismatch(format!("the copied audit chain is broken: {e}")))?;
     }
-    if head.0 != want.audit {
+    if head.0 != want_end {
         return Err(CopyError::Mismatch(format!(
-            "the copied audit chain ends at record {}, expected {}",
-            head.0, want.audit
+            "the copied audit chain ends at record {}, expected {want_end}",
+            head.0
         )));
     }
     Ok(done)

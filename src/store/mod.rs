@@ -253,6 +253,10 @@ pub enum StoreError {
     /// A unique key (serial, or owner + request_id) already exists.
     #[error("a record with the same key already exists")]
     Duplicate,
+    /// The certificate's serial is already in the store. Nothing was
+    /// committed; the caller signs the certificate again with a new serial.
+    #[error("the certificate's serial is already in the store")]
+    SerialTaken,
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
 }

@@ -11,7 +11,7 @@ use super::{SPIFFE_ID_TAG, Svid, attest::Caller, entries::Identity, keys};
 use crate::{
     audit::AuditEntry,
     ca::CaChain,
-    issue::{IssueError, Issuer, certificate::BuildError, svid::SvidSpec},
+    issue::{IssueError, Issued, Issuer, SERIAL_ATTEMPTS, certificate::BuildError, svid::SvidSpec},
     signing::SignError,
     store::{Record, Store, StoreError},
 };
@@ -71,17 +71,10 @@ impl SvidSigner {
         })
     }
 
-    /// Makes, signs and records an SVID for `id`, owned by `owner` (the
-    /// caller that first asked for it).
-    pub async fn issue(&self, id: &Identity, owner: &Caller) -> Result<Svid, SvidError> {
-        let kt = id.entry.config.key_type;
-        let key = tokio::task::spawn_blocking(move || keys::generate(kt))
-            .await
-            .map_err(|e| SvidError::Encoding(format!("key generation stopped: {e}")))??;
-        let _permit = self.permits.acquire().await;
-        // A full signer queue is waited out; anything else is the caller's
-        // to retry later.
-        let issued = loop {
+    /// Decides and signs an SVID for `id` with `key`. A full signer queue
+    /// is waited out; anything else is the caller's to retry later.
+    async fn sign(&self, id: &Identity, key: &keys::WorkloadKey) -> Result<Issued, SvidError> {
+        loop {
             let decided = self.issuer.decide_svid(SvidSpec {
                 spki: key.spki.clone(),
                 spiffe_id: id.spiffe_id.clone(),
@@ -93,16 +86,38 @@ impl SvidSigner {
                 Err(IssueError::Build(BuildError::Sign(SignError::Busy))) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                other => break other?,
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Makes, signs and records an SVID for `id`, owned by `owner` (the
+    /// caller that first asked for it).
+    pub async fn issue(&self, id: &Identity, owner: &Caller) -> Result<Svid, SvidError> {
+        let kt = id.entry.config.key_type;
+        let key = tokio::task::spawn_blocking(move || keys::generate(kt))
+            .await
+            .map_err(|e| SvidError::Encoding(format!("key generation stopped: {e}")))??;
+        let _permit = self.permits.acquire().await;
+        let mut attempt = 1;
+        let issued = loop {
+            let mut issued = self.sign(id, &key).await?;
+            issued
+                .tags
+                .insert(SPIFFE_ID_TAG.to_owned(), id.spiffe_id.to_string());
+            let record = Record::issued(&issued, &owner.peer(), String::new());
+            let audit = AuditEntry::issued(&issued, Some(&owner.identity()), OPERATION);
+            match self.store.insert_audited(record, Some(audit)).await {
+                // The serial was taken: signed again under a new one.
+                Err(StoreError::SerialTaken) if attempt < SERIAL_ATTEMPTS => {
+                    let who = owner.identity();
+                    let gone = AuditEntry::discarded(&issued, Some(&who), OPERATION);
+                    self.store.audit(gone).await?;
+                    attempt += 1;
+                }
+                r => break r.map(|()| issued)?,
             }
         };
-        let mut issued = issued;
-        issued
-            .tags
-            .insert(SPIFFE_ID_TAG.to_owned(), id.spiffe_id.to_string());
-        let record = Record::issued(&issued, &owner.peer(), String::new());
-        let audit = AuditEntry::issued(&issued, Some(&owner.identity()), OPERATION);
-        self.store.insert_audited(record, Some(audit)).await?;
         let mut chain = vec![pem_to_der(&issued.pem_certificate)?];
         chain.extend(self.intermediates.iter().cloned());
         Ok(Svid {

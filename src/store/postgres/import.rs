@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::{PgStore, certificates::insert_record, corrupt, map_err};
 use crate::{
     audit::AuditRow,
-    store::{CrlRecord, Record, RequestRow, StoreError},
+    store::{AuditCheckpoint, CrlRecord, Record, RequestRow, StoreError},
 };
 
 /// Row counts of a store, to compare a copy with its source.
@@ -16,6 +16,8 @@ pub struct Counts {
     pub certificates: i64,
     pub requests: i64,
     pub audit: i64,
+    /// Renewal times the renewal limit counts.
+    pub renewals: i64,
 }
 
 impl PgStore {
@@ -23,7 +25,8 @@ impl PgStore {
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM certificates) AS c, \
              (SELECT count(*) FROM certificate_requests) AS r, \
-             (SELECT count(*) FROM audit_log) AS a",
+             (SELECT count(*) FROM audit_log) AS a, \
+             (SELECT count(*) FROM renewals) AS n",
         )
         .fetch_one(&self.pool)
         .await
@@ -32,6 +35,7 @@ impl PgStore {
             certificates: row.try_get("c").map_err(corrupt)?,
             requests: row.try_get("r").map_err(corrupt)?,
             audit: row.try_get("a").map_err(corrupt)?,
+            renewals: row.try_get("n").map_err(corrupt)?,
         })
     }
 
@@ -97,6 +101,36 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// Where a log that retention has cut starts, so the copied chain
+    /// verifies from there as the source's did.
+    pub async fn import_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoint (id, seq, prev_hash) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, prev_hash = EXCLUDED.prev_hash",
+        )
+        .bind(cp.seq)
+        .bind(&cp.prev_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Renewal times (names_key, time), so the renewal limit counts the
+    /// renewals made before the copy.
+    pub async fn import_renewals(&self, rows: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for (names_key, time) in rows {
+            sqlx::query("INSERT INTO renewals (names_key, time) VALUES ($1, $2)")
+                .bind(names_key)
+                .bind(time)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

@@ -64,6 +64,10 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     if let Some(db) = e.as_database_error()
         && db.is_unique_violation()
     {
+        // The serial's UNIQUE constraint, as PostgreSQL names it.
+        if db.constraint() == Some("certificates_serial_key") {
+            return StoreError::SerialTaken;
+        }
         return StoreError::Duplicate;
     }
     match e {

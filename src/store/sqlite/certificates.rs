@@ -141,7 +141,7 @@ fn get(conn: &Connection, id: &str) -> Result<Option<Record>, StoreError> {
 }
 
 /// The SQL and arguments of a listing.
-fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
+pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
     // Only placeholders are spliced into the text; every value is bound.
     let mut sql = format!("SELECT {COLUMNS} FROM certificates c WHERE 1 = 1");
     let mut args = Vec::new();
@@ -177,11 +177,7 @@ fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
     }
     sql += &super::newest_first_page(q.after.is_some(), &mut next);
     if let Some((t, id)) = &q.after {
-        args.extend([
-            Value::Integer(*t),
-            Value::Integer(*t),
-            Value::Text(id.clone()),
-        ]);
+        args.extend([Value::Integer(*t), Value::Text(id.clone())]);
     }
     args.push(Value::Integer(i64::from(q.limit)));
     (sql, args)

@@ -51,6 +51,13 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
     match &e {
+        // SQLite names the column of a UNIQUE constraint that failed.
+        rusqlite::Error::SqliteFailure(f, Some(m))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && m.contains("certificates.serial") =>
+        {
+            StoreError::SerialTaken
+        }
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation
                 && matches!(
@@ -144,13 +151,15 @@ impl SqliteStore {
 
 /// The end of a listing query: newest first, strictly older than the
 /// keyset cursor (create_time, id) when there is one, then the limit.
-/// `next` hands out the placeholders; the caller binds the cursor's three
-/// values and then the limit, in that order.
+/// `next` hands out the placeholders; the caller binds the cursor's two
+/// values and then the limit, in that order. The cursor is one row-value
+/// comparison, which SQLite turns into a range on the (create_time, id)
+/// index, so a deep page costs what the first one does.
 fn newest_first_page(after: bool, next: &mut impl FnMut() -> String) -> String {
     let mut sql = String::new();
     if after {
-        let (t1, t2, i) = (next(), next(), next());
-        sql += &format!(" AND (create_time < {t1} OR (create_time = {t2} AND id < {i}))");
+        let (t, i) = (next(), next());
+        sql += &format!(" AND (create_time, id) < ({t}, {i})");
     }
     sql += &format!(" ORDER BY create_time DESC, id DESC LIMIT {}", next());
     sql

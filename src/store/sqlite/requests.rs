@@ -120,7 +120,7 @@ fn create(tx: &Connection, r: &RequestRow) -> Result<(), StoreError> {
 
 /// The SQL and arguments of a listing. `labels` come most selective
 /// first (see [`by_selectivity`]).
-fn list_sql(q: &RequestQuery, labels: &[(String, String)]) -> (String, Vec<Value>) {
+pub(super) fn list_sql(q: &RequestQuery, labels: &[(String, String)]) -> (String, Vec<Value>) {
     // Only placeholders are spliced into the text; every value is bound.
     let mut args = Vec::new();
     let mut n = 0;
@@ -169,10 +169,8 @@ fn list_sql(q: &RequestQuery, labels: &[(String, String)]) -> (String, Vec<Value
         args.extend([Value::Text(k.clone()), Value::Text(v.clone())]);
     }
     if q.after.is_some() {
-        let (t1, t2, i) = (next(), next(), next());
-        sql += &format!(
-            " AND (l.create_time < {t1} OR (l.create_time = {t2} AND l.request_id < {i}))"
-        );
+        let (t, i) = (next(), next());
+        sql += &format!(" AND (l.create_time, l.request_id) < ({t}, {i})");
     }
     sql += &format!(
         " ORDER BY l.create_time DESC, l.request_id DESC LIMIT {}",
@@ -182,14 +180,10 @@ fn list_sql(q: &RequestQuery, labels: &[(String, String)]) -> (String, Vec<Value
     (sql, args)
 }
 
-/// The cursor's three values and the limit, bound last.
+/// The cursor's two values and the limit, bound last.
 fn push_page(q: &RequestQuery, args: &mut Vec<Value>) {
     if let Some((t, id)) = &q.after {
-        args.extend([
-            Value::Integer(*t),
-            Value::Integer(*t),
-            Value::Text(id.clone()),
-        ]);
+        args.extend([Value::Integer(*t), Value::Text(id.clone())]);
     }
     args.push(Value::Integer(i64::from(q.limit)));
 }
@@ -286,6 +280,41 @@ fn delete(
         revoke_serial(tx, serial, rev)?;
     }
     Ok(true)
+}
+
+impl SqliteStore {
+    /// Up to `limit` renewal times (names_key, time) after row `after`, in
+    /// the order they were made, with the row of the last one: for
+    /// `hsmca store copy`, which must carry the renewal limits' counts over.
+    pub async fn renewals_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+        self.readers
+            .read(move |conn| {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT rowid, names_key, time FROM renewals WHERE rowid > ?1 \
+                         ORDER BY rowid LIMIT ?2",
+                    )
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map(params![after, limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(map_err)?;
+                let mut last = after;
+                let mut page = Vec::new();
+                for row in rows {
+                    let (rowid, names_key, time) = row.map_err(map_err)?;
+                    last = rowid;
+                    page.push((names_key, time));
+                }
+                Ok((page, last))
+            })
+            .await
+    }
 }
 
 #[async_trait]

@@ -44,9 +44,18 @@ async fn insert_get_list_update_revoke_and_reopen() {
         store.get("id03").await.unwrap().unwrap(),
         rec("id03", 7, 3, "")
     );
-    // Duplicate serial is refused.
+    // A serial already stored is refused as such (the caller signs again
+    // with a new one); another key taken is a plain duplicate.
+    let mut same_serial = rec("id99", 7, 3, "");
+    same_serial.serial = "serial-id03".into();
     assert!(matches!(
-        store.insert(rec("id03", 7, 3, "")).await,
+        store.insert(same_serial).await,
+        Err(StoreError::SerialTaken)
+    ));
+    let mut same_id = rec("id03", 7, 3, "");
+    same_id.serial = "serial-new".into();
+    assert!(matches!(
+        store.insert(same_id).await,
         Err(StoreError::Duplicate)
     ));
 
@@ -509,4 +518,62 @@ async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output> {
         out.push(h.await);
     }
     out
+}
+
+/// SQLite's plan for `sql` with `args`, one step a line.
+fn query_plan(conn: &rusqlite::Connection, sql: &str, args: &[rusqlite::types::Value]) -> String {
+    let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let rows = st
+        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+        .unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn keyset_cursors_are_ranges_on_the_order_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open_sqlite(dir.path()).await.unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("hsmca.db")).unwrap();
+    let after = Some((1_700_000_000_000_000, "01a2".to_owned()));
+    // Everyone's records, and one owner's: a range on the (create_time,
+    // id) index from the cursor, newest first, with no sort and no scan.
+    for owner_uid in [None, Some(7)] {
+        let (sql, args) = super::certificates::list_sql(&ListQuery {
+            owner_uid,
+            after: after.clone(),
+            limit: 50,
+            ..Default::default()
+        });
+        let plan = query_plan(&conn, &sql, &args);
+        let index = if owner_uid.is_some() {
+            "certificates_owner_order"
+        } else {
+            "certificates_order"
+        };
+        assert!(
+            plan.contains(&format!("SEARCH c USING INDEX {index} (")) && plan.contains("<"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        let (sql, args) = super::requests::list_sql(
+            &RequestQuery {
+                owner_uid,
+                after: after.clone(),
+                limit: 50,
+                ..Default::default()
+            },
+            &[],
+        );
+        let plan = query_plan(&conn, &sql, &args);
+        let index = if owner_uid.is_some() {
+            "certificate_requests_owner_order"
+        } else {
+            "certificate_requests_order"
+        };
+        assert!(
+            plan.contains(&format!("SEARCH r USING INDEX {index} (")) && plan.contains("<"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 }
