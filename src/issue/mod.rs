@@ -189,6 +189,19 @@ impl Issuer {
         self
     }
 
+    /// The same issuer signing through `signer`: the same CA, profiles
+    /// and key label, another way into the key (the token pool's
+    /// background class, for work no client waits on).
+    pub fn with_signer(&self, signer: Arc<dyn DigestSigner>) -> Self {
+        Self {
+            key_label: self.key_label.clone(),
+            signer,
+            ca: self.ca.clone(),
+            profiles: self.profiles.clone(),
+            backdate: self.backdate,
+        }
+    }
+
     pub fn ca(&self) -> &CaChain {
         &self.ca
     }

@@ -1,6 +1,7 @@
 //! Signing one SVID: a fresh key, the certificate decided by
-//! [`Issuer::decide_svid`] and signed by [`Issuer::sign`] through the same
-//! signer as every request, then the record and its audit entry committed
+//! [`Issuer::decide_svid`] and signed by [`Issuer::sign`] through the
+//! token's signer pool in its background class (after the interactive
+//! requests queued beside it), then the record and its audit entry committed
 //! together — only then is the SVID handed to anyone.
 
 use std::{sync::Arc, time::Duration};
@@ -78,7 +79,9 @@ impl SvidSigner {
         let key = tokio::task::spawn_blocking(move || keys::generate(kt))
             .await
             .map_err(|e| SvidError::Encoding(format!("key generation stopped: {e}")))??;
-        let _permit = self.permits.acquire().await;
+        // The permit covers the signature only: recording it joins the
+        // store's group commit beside the next ones.
+        let permit = self.permits.acquire().await;
         // A full signer queue is waited out; anything else is the caller's
         // to retry later.
         let issued = loop {
@@ -96,6 +99,7 @@ impl SvidSigner {
                 other => break other?,
             }
         };
+        drop(permit);
         let mut issued = issued;
         issued
             .tags
