@@ -108,6 +108,10 @@ q() { printf '%q' "$1"; }
 if [[ $postgres == yes ]]; then
     command -v runuser >/dev/null 2>&1 || die "runuser not found (util-linux)"
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
+    # As root the server runs as the postgres user, which must be able to
+    # pass through DIR to its data directory: DIR becomes 0711 (others may
+    # traverse, not list; tokens/, state/ and the PIN files stay private).
+    [[ $(id -u) -ne 0 ]] || chmod 0711 "$dir"
     "$repo/scripts/pg-test-server.sh" start "$dir/postgres"
     HSMCA_STATE__DATABASE=$("$repo/scripts/pg-test-server.sh" url "$dir/postgres" hsmca)
     export HSMCA_STATE__DATABASE
@@ -122,7 +126,13 @@ if [[ $postgres == yes ]]; then
     printf '\nhsmca development CA in %s, records in PostgreSQL (%s)\n' "$dir" "$HSMCA_STATE__DATABASE"
     for n in $(seq 1 "$nodes"); do
         mkdir -p "$dir/node$n"
-        HSMCA_SERVER__SOCKET=$dir/node$n/hsmca.sock "$hsmca" serve --config "$config" \
+        # Each node has its own sockets; the workload endpoint (on in the
+        # development config) too.
+        node_env=(HSMCA_SERVER__SOCKET="$dir/node$n/hsmca.sock")
+        if grep -q '^\[workload\]' "$config"; then
+            node_env+=(HSMCA_WORKLOAD__SOCKET="$dir/node$n/workload.sock")
+        fi
+        env "${node_env[@]}" "$hsmca" serve --config "$config" \
             >"$dir/node$n/daemon.log" 2>&1 &
         pids+=($!)
     done

@@ -128,3 +128,97 @@ fn bench_minimal_run_reports_every_figure() {
         assert!(field(t, "met").is_boolean());
     }
 }
+
+/// `hsmca bench --store-fill N` on both engines: the store is grown to N
+/// certificate records, its size is reported, and the daemon issues on it
+/// as on the empty one (no errors on either).
+#[test]
+fn bench_store_fill_grows_the_store_and_issues_on_it() {
+    for store in ["sqlite", "postgres"] {
+        let out = run_ok(
+            Command::new(HSMCA)
+                .args([
+                    "bench",
+                    "--json",
+                    "--store-fill",
+                    "3000",
+                    "--store",
+                    store,
+                    "--keys",
+                    "p256",
+                    "--clients",
+                    "2",
+                    "--seconds",
+                    "0.5",
+                    "--setup",
+                ])
+                .arg(repo().join("softhsm-setup/setup.sh"))
+                .env_remove("HSMCA_PIN")
+                .env_remove("HSMCA_STATE__DATABASE")
+                .stdin(Stdio::null()),
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+        assert_eq!(field(&v, "store"), store);
+        assert!(number(&v, "records") >= 3000.0, "{v:#}");
+        assert!(number(&v, "bytes") > 0.0);
+        assert!(number(&v, "bytes_per_million") > number(&v, "bytes"));
+        for phase in ["empty", "filled"] {
+            let run = field(&v, &format!("{phase}.0"));
+            assert_eq!(number(run, "clients"), 2.0);
+            assert!(number(run, "per_s") > 0.0, "{phase}: {run:#}");
+            assert_eq!(number(run, "errors"), 0.0, "{phase}: {run:#}");
+        }
+    }
+}
+
+/// `hsmca bench --costs`: the cost model lists every part with a CPU
+/// figure, and sets their sum against the measured total.
+#[test]
+fn bench_costs_breaks_a_certificate_into_its_parts() {
+    let out = run_ok(
+        Command::new(HSMCA)
+            .args([
+                "bench",
+                "--json",
+                "--costs",
+                "--keys",
+                "p256",
+                "--clients",
+                "4",
+                "--seconds",
+                "0.3",
+                "--setup",
+            ])
+            .arg(repo().join("softhsm-setup/setup.sh"))
+            .env_remove("HSMCA_PIN")
+            .env_remove("HSMCA_STATE__DATABASE")
+            .stdin(Stdio::null()),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    assert_eq!(field(&v, "key"), "p256");
+    assert!(number(&v, "total_cpu_us") > 0.0);
+    assert!(number(&v, "certificates_per_s") > 0.0);
+    let parts = field(&v, "parts").as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in [
+        "token",
+        "gRPC floor",
+        "checks",
+        "build",
+        "hand-off",
+        "store commit",
+        "reply",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "{want} missing: {names:?}"
+        );
+    }
+    let mut sum = 0.0;
+    for p in parts {
+        let cpu = p["cpu_us"].as_f64().unwrap();
+        assert!(cpu > 0.0, "{p:#}");
+        sum += cpu;
+    }
+    assert!((number(&v, "sum_cpu_us") - sum).abs() < 1e-6 * sum.max(1.0));
+}

@@ -22,13 +22,14 @@ use hsmca::store::sqlite::inspect::SCHEMA_VERSION as LATEST_SCHEMA;
 use sha2::Digest;
 
 /// The checks, in the order they are printed.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "config",
     "pin",
     "module",
     "token",
     "login",
     "key",
+    "jwt-key",
     "certificate",
     "signature",
     "socket",
@@ -175,7 +176,7 @@ fn a_good_token_passes_every_check_and_nothing_changes() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("✓ ")).count(),
-        10,
+        11,
         "{text}"
     );
     assert!(!text.contains('✗') && !text.contains("– "), "{text}");
@@ -187,6 +188,8 @@ fn a_good_token_passes_every_check_and_nothing_changes() {
         "\"hsmca\" found",
         "✓ login",
         "label=\"hsmca-ca\" id=01: exactly one p256 private key",
+        "✓ JWT-SVID key",
+        "\"hsmca-jwt\": one p256 key pair, not the CA key",
         "CN=hsmca development CA",
         "certifies the token key",
         "EcdsaP256Sha256",
@@ -241,7 +244,7 @@ fn a_wrong_pin_fails_the_login() {
         &out,
         "login",
         "the PIN was rejected by the token",
-        &["key", "certificate", "signature"],
+        &["key", "jwt-key", "certificate", "signature"],
     );
     assert!(fix.contains(&ca.path("pin").display().to_string()), "{fix}");
     assert!(!report.to_string().contains("000000-not-the-pin"));
@@ -263,7 +266,14 @@ fn a_missing_module_fails_the_module_check() {
         &out,
         "module",
         "cannot load PKCS#11 module",
-        &["token", "login", "key", "certificate", "signature"],
+        &[
+            "token",
+            "login",
+            "key",
+            "jwt-key",
+            "certificate",
+            "signature",
+        ],
     );
     assert!(detail.contains(&missing.display().to_string()), "{detail}");
     assert!(fix.contains("token.module"), "{fix}");
@@ -297,7 +307,7 @@ fn two_keys_under_one_label_fail_the_key_check_naming_both() {
         &out,
         "key",
         "2 private keys match label=\"hsmca-ca\" id=01",
-        &["certificate", "signature"],
+        &["jwt-key", "certificate", "signature"],
     );
     assert_eq!(
         detail
@@ -476,4 +486,37 @@ fn setup_mode_skips_an_unset_up_service_with_the_next_steps() {
         .arg(&missing));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("there is no config file"));
+}
+
+/// The workload endpoint's JWT-SVID key is checked like the CA key: a
+/// label with no key pair behind it fails its own check, says how to make
+/// it, and the CA checks still run.
+#[test]
+fn a_missing_jwt_key_fails_its_own_check() {
+    let mut ca = Ca::new("p256");
+    make_store(&mut ca);
+    ca.env.push((
+        "HSMCA_WORKLOAD__JWT__KEY_LABEL".into(),
+        "hsmca-jwt-not-made".into(),
+    ));
+    let pin = ca.pin();
+    let before = snapshot(&ca, &pin);
+    let (report, out) = check_json(&ca);
+    let (_, fix) = assert_one_failure(
+        &report,
+        &out,
+        "jwt-key",
+        "no JWT signing key labelled \"hsmca-jwt-not-made\"",
+        &[],
+    );
+    assert!(fix.contains("hsmca init --config"), "{fix}");
+    assert_eq!(snapshot(&ca, &pin), before);
+    // And `serve` refuses to start, naming the JWT key.
+    let out = run(ca.hsmca().args(["serve", "--config"]).arg(ca.config()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the JWT-SVID key \"hsmca-jwt-not-made\""),
+        "{err}"
+    );
 }

@@ -10,7 +10,9 @@
 //! from /proc/PID. Figures are printed as a table, or as JSON with `--json`.
 
 pub mod burst;
+pub mod costs;
 pub mod daemon;
+pub mod fill;
 pub mod interactive;
 pub mod load;
 pub mod peer;
@@ -76,6 +78,16 @@ pub struct BenchArgs {
     /// certificate requests (unfiltered and with label filters).
     #[arg(long)]
     pub request_list: Option<usize>,
+    /// Only the cost model of one certificate: the daemon's CPU per
+    /// certificate at the highest `--clients`, broken into its parts, each
+    /// measured on its own (see BENCHMARKS.md). Uses the first of `--keys`.
+    #[arg(long)]
+    pub costs: bool,
+    /// Measure a store grown to this many certificate records (default
+    /// 10,000,000): its size per million records, and issuance on it
+    /// against the same store empty, on `--store` (SQLite or PostgreSQL).
+    #[arg(long, num_args = 0..=1, default_missing_value = "10000000")]
+    pub store_fill: Option<u64>,
     /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
     #[arg(long, default_value_t = 200)]
     pub csr_burst: usize,
@@ -121,6 +133,12 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     }
     let wave_n = args.wave.unwrap_or(if args.quick { 500 } else { 2000 });
     let peer_runs = args.peer_runs.unwrap_or(if args.quick { 10 } else { 30 });
+    if args.costs {
+        return costs::run(&args, &setup, seconds).await;
+    }
+    if let Some(n) = args.store_fill {
+        return fill::run(&args, &setup, seconds, n).await;
+    }
     if args.store == "postgres" {
         return stores::run(&args, &setup, seconds).await;
     }

@@ -37,13 +37,13 @@ pub struct StoreRun {
 }
 
 /// A private PostgreSQL server for the bench, stopped when dropped.
-struct Server {
+pub(super) struct Server {
     script: PathBuf,
     dir: PathBuf,
 }
 
 impl Server {
-    fn start(setup: &Path, dir: &Path) -> CliResult<Self> {
+    pub(super) fn start(setup: &Path, dir: &Path) -> CliResult<Self> {
         let script = setup
             .parent()
             .and_then(Path::parent)
@@ -60,7 +60,7 @@ impl Server {
         })
     }
 
-    fn url(&self, db: &str) -> CliResult<String> {
+    pub(super) fn url(&self, db: &str) -> CliResult<String> {
         let out = run_quiet(
             Command::new("bash")
                 .arg(&self.script)
@@ -132,7 +132,7 @@ impl Drop for Server {
 }
 
 /// Issuance at each `--clients` concurrency against `daemons`.
-async fn measure(
+pub(super) async fn measure(
     args: &BenchArgs,
     label: (&str, usize),
     daemons: &[(Daemon, PathBuf)],
@@ -178,7 +178,7 @@ async fn measure(
     Ok(runs)
 }
 
-fn start_nodes(bed: &Testbed, n: usize) -> CliResult<Vec<(Daemon, PathBuf)>> {
+pub(super) fn start_nodes(bed: &Testbed, n: usize) -> CliResult<Vec<(Daemon, PathBuf)>> {
     (1..=n)
         .map(|i| {
             let dir = bed.path(&format!("node{i}"));

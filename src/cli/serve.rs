@@ -156,13 +156,19 @@ pub async fn open_signers(
         let selector = KeySelector::from_locator(&locator);
         let key = token.find_ca_key(&selector, kt)?;
         let jwt_key = match &jwt {
-            Some(j) => Some(jwt_key::find_jwt_key(
-                &token,
-                &j.key_label,
-                &j.previous_label(),
-                j.key_type,
-                &key.id,
-            )?),
+            Some(j) => Some(
+                jwt_key::find_jwt_key(
+                    &token,
+                    &j.key_label,
+                    &j.previous_label(),
+                    j.key_type,
+                    &key.id,
+                )
+                .map_err(|source| jwt_key::JwtKeyError {
+                    label: j.key_label.clone(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let extra_keys = match (&jwt, &jwt_key) {

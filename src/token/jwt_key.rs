@@ -25,6 +25,16 @@ fn by_label(label: &str) -> KeySelector {
     }
 }
 
+/// A failure to find or use the JWT-SVID key pair, told apart from the CA
+/// key's own failures (start-up and `config check` name the right key).
+#[derive(Debug, thiserror::Error)]
+#[error("the JWT-SVID key {label:?}: {source}")]
+pub struct JwtKeyError {
+    pub label: String,
+    #[source]
+    pub source: TokenError,
+}
+
 /// Finds the JWT key (exactly one pair labelled `label`, of type `kt`) and
 /// the previous one (labelled `previous_label`, of any type), refusing the
 /// CA key.

@@ -33,7 +33,7 @@ use crate::{
     server::socket::{self, SocketError},
     signing::DigestSigner,
     store::sqlite::inspect::{self as schema, SchemaState},
-    token::{CaKey, TokenError, pool::SignerPool},
+    token::{CaKey, TokenError, jwt_key::JwtKeyError, pool::SignerPool},
 };
 
 #[derive(Subcommand, Debug)]
@@ -149,18 +149,61 @@ async fn token_checks(
     };
     let module = locator.module.display().to_string();
     let key_name = crate::token::KeySelector::from_locator(&locator).to_string();
-    match serve::open_signer(cfg, 1).await {
-        Ok((pool, key)) => {
+    let jwt = super::jwt_key::configured(cfg);
+    let mut opened = serve::open_signers(cfg, 1, jwt).await;
+    if let Err(e) = &opened
+        && let Some(j) = e.downcast_ref::<JwtKeyError>()
+    {
+        // The CA key is fine (it is looked up first): report the JWT key
+        // and go on with the CA checks without it.
+        let fix = match &j.source {
+            TokenError::JwtKeyNotFound(_) => format!(
+                "make it with: hsmca init --config {} (it keeps the CA key and makes only what is missing)",
+                config_path.display()
+            ),
+            _ => format!(
+                "give workload.jwt.key_label a key pair of workload.jwt.key_type that is not the CA key, or replace it with: hsmca init --config {} --rotate-jwt-key",
+                config_path.display()
+            ),
+        };
+        let detail = e.to_string();
+        match serve::open_signer(cfg, 1).await {
+            Ok((pool, key)) => {
+                r.ok("module", format!("{module} loaded"));
+                r.ok("token", format!("{:?} found", locator.token_label));
+                r.ok("login", format!("logged in with the PIN from {source}"));
+                r.ok("key", ca_key_detail(&key_name, cfg));
+                r.fail("jwt-key", detail, fix);
+                return Some((pool, key));
+            }
+            Err(e) => opened = Err(e),
+        }
+    }
+    match opened {
+        Ok((pool, key, jwt_pair)) => {
             r.ok("module", format!("{module} loaded"));
             r.ok("token", format!("{:?} found", locator.token_label));
             r.ok("login", format!("logged in with the PIN from {source}"));
-            r.ok(
-                "key",
-                format!(
-                    "{key_name}: exactly one {} private key and its public half; sensitive, not extractable",
-                    cfg.ca.key_type.name(),
+            r.ok("key", ca_key_detail(&key_name, cfg));
+            match (jwt, jwt_pair) {
+                (Some(j), Some(pair)) => r.ok(
+                    "jwt-key",
+                    format!(
+                        "{:?}: one {} key pair, not the CA key{}",
+                        j.key_label,
+                        j.key_type.name(),
+                        if pair.previous.is_some() {
+                            format!("; the previous one ({:?}) is kept", j.previous_label())
+                        } else {
+                            String::new()
+                        }
+                    ),
                 ),
-            );
+                _ => r.skip(
+                    "jwt-key",
+                    "the workload endpoint ([workload]) is not configured",
+                ),
+            }
             Some((pool, key))
         }
         Err(e) => {
@@ -182,16 +225,24 @@ async fn token_checks(
                 .iter()
                 .position(|s| *s == failed)
                 .and_then(|i| steps.get(i + 1));
-            if let Some(next) = next {
-                r.skip_range(
+            match next {
+                Some(next) => r.skip_range(
                     next,
                     Some("certificate"),
                     &format!("the {failed} check failed"),
-                );
+                ),
+                None => r.skip("jwt-key", &format!("the {failed} check failed")),
             }
             None
         }
     }
+}
+
+fn ca_key_detail(key_name: &str, cfg: &Config) -> String {
+    format!(
+        "{key_name}: exactly one {} private key and its public half; sensitive, not extractable",
+        cfg.ca.key_type.name(),
+    )
 }
 
 /// Which token step an error from [`serve::open_signer`] belongs to, and

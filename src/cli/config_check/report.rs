@@ -39,13 +39,14 @@ pub struct Report {
 }
 
 /// Every check in order, with the label a person reads.
-pub(super) const CHECKS: [(&str, &str); 10] = [
+pub(super) const CHECKS: [(&str, &str); 11] = [
     ("config", "config"),
     ("pin", "PIN source"),
     ("module", "PKCS#11 module"),
     ("token", "token"),
     ("login", "login"),
     ("key", "CA key"),
+    ("jwt-key", "JWT-SVID key"),
     ("certificate", "CA certificate"),
     ("signature", "test signature"),
     ("socket", "socket directory"),
