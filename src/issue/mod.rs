@@ -18,6 +18,7 @@
 pub mod certificate;
 pub mod csr;
 mod offload;
+pub use offload::low_priority;
 pub mod request;
 pub mod subject_key;
 pub mod svid;

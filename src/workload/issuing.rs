@@ -76,9 +76,9 @@ impl SvidSigner {
     /// caller that first asked for it).
     pub async fn issue(&self, id: &Identity, owner: &Caller) -> Result<Svid, SvidError> {
         let kt = id.entry.config.key_type;
-        let key = tokio::task::spawn_blocking(move || keys::generate(kt))
-            .await
-            .map_err(|e| SvidError::Encoding(format!("key generation stopped: {e}")))??;
+        // On the low-priority threads: a rotation wave's keys yield the
+        // CPU to interactive requests.
+        let key = crate::issue::low_priority(move || keys::generate(kt)).await??;
         // The permit covers the signature only: recording it joins the
         // store's group commit beside the next ones.
         let permit = self.permits.acquire().await;
