@@ -1,5 +1,6 @@
 //! `hsmca bench` in its smallest form: one key type, one client, one
-//! second, a tiny renewal wave, a burst of 4 RSA-8192 CSRs, no OpenSSL peer. A behaviour test: the run
+//! second, a tiny renewal wave, a burst of 4 RSA-8192 CSRs, 10 SPIFFE
+//! workloads (cold start and rotation), no OpenSSL peer. A behaviour test: the run
 //! finishes and the JSON carries every figure BENCHMARKS.md is made from.
 //! It never asserts a speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -46,6 +47,8 @@ fn bench_minimal_run_reports_every_figure() {
                 "20",
                 "--csr-burst",
                 "4",
+                "--workloads",
+                "10",
                 "--no-peer",
                 "--setup",
             ])
@@ -97,6 +100,25 @@ fn bench_minimal_run_reports_every_figure() {
     assert!(number(r, "csr_burst.bursts") >= 1.0);
     assert_eq!(number(r, "csr_burst.burst_errors"), 0.0);
     number(r, "csr_burst.client_during.p99_ms");
+    // Ten workloads, ten identities: one signature each at the cold start
+    // and one each at the rotation, every workload sent its new SVID.
+    let w = field(r, "workloads");
+    assert_eq!(number(w, "workloads"), 10.0);
+    assert_eq!(number(w, "workload_errors"), 0.0, "{w:#}");
+    assert_eq!(number(w, "cold_start_signatures"), 10.0, "{w:#}");
+    assert_eq!(number(w, "rotated"), 10.0, "{w:#}");
+    assert_eq!(number(w, "rotation_signatures"), 10.0, "{w:#}");
+    for f in [
+        "cold_start_s",
+        "token_sign_s",
+        "keygen_s",
+        "cold_start_ratio",
+        "client_before.p99_ms",
+        "client_during_rotation.p99_ms",
+    ] {
+        assert!(number(w, f) >= 0.0, "{f}");
+    }
+    assert!(number(w, "client_before_samples") > 0.0, "{w:#}");
     assert!(r.get("peer").is_none(), "--no-peer still ran the peer");
     let targets = field(r, "targets").as_array().unwrap();
     assert!(!targets.is_empty());

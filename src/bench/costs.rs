@@ -14,7 +14,7 @@
 //! - **build and encode**: the TBS, its digest, the certificate and its PEM,
 //!   with a signer that answers at once;
 //! - **signer hand-off**: the queue to a signing thread and the reply back
-//!   (flume + oneshot, as the pool does), with a thread that answers at once;
+//!   (the pool's job queue + oneshot), with a thread that answers at once;
 //! - **store commit**: the record and its audit entry through the
 //!   group-commit writer, with as many commits in flight as clients;
 //! - **reply**: the reply message from the record, encoded.
@@ -284,7 +284,7 @@ pub async fn run(args: &BenchArgs, setup: &Path, seconds: f64) -> CliResult {
     parts.push(Part {
         name: "signer hand-off: queue to the signing thread and back".into(),
         cpu_us: handoff,
-        how: format!("flume + oneshot round trips, {clients} in flight"),
+        how: format!("job queue + oneshot round trips, {clients} in flight"),
     });
 
     let who = auth.identify(&me).await;
@@ -360,25 +360,32 @@ pub async fn run(args: &BenchArgs, setup: &Path, seconds: f64) -> CliResult {
     write_out(None, &t)
 }
 
-/// CPU per round trip through a bounded flume queue to a thread that
+/// CPU per round trip through the signer pool's job queue to a thread that
 /// answers on a oneshot at once, with `inflight` callers.
 async fn handoff_cost(inflight: usize, min: Duration) -> CliResult<f64> {
+    use crate::token::queue::{JobQueue, Priority};
     type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Vec<u8>>);
-    let (tx, rx) = flume::bounded::<Job>(1024);
-    let worker = std::thread::spawn(move || {
-        while let Ok((digest, reply)) = rx.recv() {
-            let _ = reply.send(digest);
-        }
-    });
+    let queue = Arc::new(JobQueue::<Job>::new(inflight.max(1)));
+    let worker = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            while let Some((digest, reply)) = queue.pop() {
+                let _ = reply.send(digest);
+            }
+        })
+    };
     let run = |until: Instant| {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..inflight {
-            let tx = tx.clone();
+            let queue = queue.clone();
             tasks.spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < until {
                     let (reply, rx) = tokio::sync::oneshot::channel();
-                    if tx.send_async((vec![0u8; 32], reply)).await.is_err() {
+                    if queue
+                        .try_push(Priority::Interactive, (vec![0u8; 32], reply))
+                        .is_err()
+                    {
                         break;
                     }
                     if rx.await.is_err() {
@@ -400,7 +407,7 @@ async fn handoff_cost(inflight: usize, min: Duration) -> CliResult<f64> {
         n += r.map_err(|e| format!("a hand-off task failed: {e}"))?;
     }
     let per = (cpu_now() - cpu0) / n.max(1) as f64;
-    drop(tx);
+    queue.close();
     let _ = worker.join();
     Ok(per)
 }

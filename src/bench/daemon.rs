@@ -144,14 +144,27 @@ impl Daemon {
 
     /// One of several daemons of `bed`: its own socket and log.
     pub fn start_at(bed: &Testbed, socket: &Path, log: &Path) -> CliResult<Self> {
+        Self::start_with(bed, &bed.config(), socket, log, &[])
+    }
+
+    /// A daemon of `bed` with another configuration file and more
+    /// environment.
+    pub fn start_with(
+        bed: &Testbed,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        env: &[(&str, String)],
+    ) -> CliResult<Self> {
         let log = log.to_owned();
         let file = std::fs::File::create(&log)?;
         let t0 = Instant::now();
         let child = bed
             .hsmca()
             .env("HSMCA_SERVER__SOCKET", socket)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["serve", "--config"])
-            .arg(bed.config())
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

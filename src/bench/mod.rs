@@ -4,7 +4,8 @@
 //! the daemon uses, then starts `hsmca serve` as a child process and drives
 //! it over its Unix socket: issuance at several concurrencies, reads by id,
 //! request_id replays, a renewal wave and a burst of RSA-8192 CSRs, each
-//! beside an interactive client; and the
+//! beside an interactive client; a cold start and a rotation wave of many
+//! SPIFFE workloads on the workload socket; and the
 //! OpenSSL command line as a peer. The daemon's CPU time and memory come
 //! from /proc/PID. Figures are printed as a table, or as JSON with `--json`.
 
@@ -15,11 +16,13 @@ pub mod fill;
 pub mod interactive;
 pub mod load;
 pub mod peer;
+pub mod peers;
 pub mod raw;
 pub mod report;
 pub mod request_list;
 pub mod stores;
 pub mod wave;
+pub mod workloads;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -88,6 +91,11 @@ pub struct BenchArgs {
     /// RSA-8192 CSRs sent at once in each CSR burst (0: no burst; default 200).
     #[arg(long, default_value_t = 200)]
     pub csr_burst: usize,
+    /// Distinct SPIFFE workloads (one process and one registration entry
+    /// each) in the cold start and rotation wave on the workload socket
+    /// (0: none; default 1000, or 200 with --quick).
+    #[arg(long)]
+    pub workloads: Option<usize>,
     /// `postgres`: compare issuance with the store in SQLite and in a
     /// private PostgreSQL server (one daemon, and `--nodes` daemons on one
     /// token), instead of the usual runs. Uses the first of `--keys`.
@@ -231,6 +239,19 @@ async fn bench_key(
     };
     d.stop()?;
 
+    let workloads_n = args
+        .workloads
+        .unwrap_or(if args.quick { 200 } else { 1000 });
+    let workloads = if workloads_n == 0 {
+        None
+    } else {
+        progress(
+            args,
+            &format!("{key}: cold start and rotation wave of {workloads_n} SPIFFE workloads"),
+        );
+        Some(workloads::run(&bed, keys.clone(), workloads_n, seconds, &raw).await?)
+    };
+
     let peer = if args.no_peer {
         None
     } else {
@@ -253,6 +274,7 @@ async fn bench_key(
         replay,
         wave,
         csr_burst,
+        workloads,
         peer,
         peer_ratio,
         targets: Vec::new(),

@@ -58,6 +58,11 @@ fn p256_csr(cn: &str, key: &p256::ecdsa::SigningKey) -> CliResult<String> {
 /// Counts the certificates the worker has made for certificate requests,
 /// straight from the store (read-only; WAL lets it read beside the writer).
 async fn request_certs(db: &std::path::Path) -> CliResult<i64> {
+    count_tagged(db, crate::requests::REQUEST_TAG).await
+}
+
+/// Counts the certificates in the store that carry the tag `tag`.
+pub(super) async fn count_tagged(db: &std::path::Path, tag: &'static str) -> CliResult<i64> {
     let db = db.to_owned();
     let n = tokio::task::spawn_blocking(move || {
         let conn =
@@ -65,7 +70,7 @@ async fn request_certs(db: &std::path::Path) -> CliResult<i64> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.query_row(
             "SELECT COUNT(*) FROM certificate_tags WHERE tag_key = ?1",
-            [crate::requests::REQUEST_TAG],
+            [tag],
             |r| r.get::<_, i64>(0),
         )
     })

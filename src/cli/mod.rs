@@ -104,6 +104,12 @@ pub enum Command {
         #[arg(long)]
         seconds: f64,
     },
+    /// One workload of `hsmca bench` (see bench/peers.rs).
+    #[command(hide = true)]
+    BenchWorkloadPeer {
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Write the man pages (DIR/man) and the bash, zsh and fish completions
     /// (DIR/completions), generated from these definitions; for packaging.
     #[command(hide = true)]
@@ -206,6 +212,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Workload(cmd) => workload::run(cmd).await,
         Command::Bench(args) => crate::bench::bench(*args).await,
         Command::BenchRaw { config, seconds } => crate::bench::raw::main(&config, seconds).await,
+        Command::BenchWorkloadPeer { socket } => crate::bench::peers::peer_main(&socket),
         Command::GenerateDocs { dir } => docs::generate(&dir),
     }
 }

@@ -352,6 +352,9 @@ async fn serve_with(
         )
         .with_key_label(key.label.clone()),
     );
+    // Work no client waits on (workload SVIDs, the certificate-request
+    // worker) is signed after the requests queued beside it.
+    let background = Arc::new(issuer.with_signer(Arc::new(pool.background())));
     let crl = Arc::new(CrlPublisher::new(
         pool,
         store.clone(),
@@ -361,9 +364,15 @@ async fn serve_with(
     // A CRL exists before the first client asks; failures are retried.
     let refresher = tokio::spawn(crl.clone().refresh_forever());
     let auth = Arc::new(Authorizer::new(policy));
-    let workload =
-        super::serve_workload::start(cfg, issuer.clone(), store.clone(), &ca, crl.clone(), jwt)
-            .await?;
+    let workload = super::serve_workload::start(
+        cfg,
+        background.clone(),
+        store.clone(),
+        &ca,
+        crl.clone(),
+        jwt,
+    )
+    .await?;
     let mut reloader = tokio::task::JoinSet::new();
     reloader.spawn(reload_on_hup(
         config_path.to_owned(),
@@ -372,7 +381,7 @@ async fn serve_with(
     ));
     let requests = Arc::new(Requests::new(
         auth.clone(),
-        issuer.clone(),
+        background,
         store.clone(),
         crl.clone(),
         cfg.requests.clone(),

@@ -34,9 +34,10 @@ pub struct WorkloadConfig {
     pub min_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
-    /// Signatures for workload SVIDs in flight at once: a rotation wave
-    /// waits its turn instead of filling the signer's queue ahead of
-    /// interactive requests.
+    /// Workload SVID signatures in the token's queue at once. They wait
+    /// in its background class, behind interactive requests; this bounds
+    /// how much of that class (shared with the certificate-request worker)
+    /// one rotation wave holds.
     pub signing_concurrency: usize,
     /// Delay before retrying an SVID that could not be signed (token away).
     #[serde(with = "humantime_serde")]

@@ -18,6 +18,7 @@
 pub mod certificate;
 pub mod csr;
 mod offload;
+pub use offload::low_priority;
 pub mod request;
 // The test hook that forces serials: real only in test builds, a stand-in
 // without behaviour in the shipped one (see serial_hook_off.rs).
@@ -211,6 +212,19 @@ impl Issuer {
     pub fn with_key_label(mut self, label: impl Into<String>) -> Self {
         self.key_label = label.into();
         self
+    }
+
+    /// The same issuer signing through `signer`: the same CA, profiles
+    /// and key label, another way into the key (the token pool's
+    /// background class, for work no client waits on).
+    pub fn with_signer(&self, signer: Arc<dyn DigestSigner>) -> Self {
+        Self {
+            key_label: self.key_label.clone(),
+            signer,
+            ca: self.ca.clone(),
+            profiles: self.profiles.clone(),
+            backdate: self.backdate,
+        }
     }
 
     pub fn ca(&self) -> &CaChain {

@@ -12,6 +12,12 @@
 //! the CPU, which keeps a burst's cost off everyone else while it still
 //! finishes at the machine's spare speed. A request with a public key is
 //! cheap and is checked in place.
+//!
+//! Other CPU work that no client waits on runs on the same threads through
+//! [`low_priority`]: the workload keys of an SVID rotation wave, made a
+//! thousand at a time, would otherwise fill the blocking pool with
+//! runnable threads that each take an equal share of the CPUs from the
+//! interactive requests.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -65,6 +71,29 @@ fn verifier_thread(jobs: flume::Receiver<Job>) {
         // dropped) and must not take the thread with it.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
     }
+}
+
+/// Runs `f` on the verifier threads (at nice [`NICE`]) and waits for it.
+pub async fn low_priority<T, F>(f: F) -> Result<T, IssueError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        if tx.is_closed() {
+            return;
+        }
+        let _ = tx.send(f());
+    });
+    verifiers()?
+        .send(job)
+        .map_err(|_| IssueError::Precondition("the daemon is stopping".into()))?;
+    rx.await.map_err(|_| {
+        IssueError::Build(BuildError::Encoding(
+            "a low-priority job failed unexpectedly".into(),
+        ))
+    })
 }
 
 impl Issuer {

@@ -22,6 +22,7 @@ pub mod jwt_key;
 pub mod keygen;
 pub mod pool;
 pub mod pubkey;
+pub mod queue;
 mod supervisor;
 
 use std::{

@@ -1,7 +1,10 @@
 //! The signing pool: N threads, each owning one PKCS#11 session, fed by one
 //! bounded queue with a oneshot reply per job. Sessions are `Send` but not
 //! `Sync` and every C_Sign blocks, so they live on these threads and never on
-//! the async runtime; a full queue fails fast instead of growing.
+//! the async runtime; a full queue fails fast instead of growing. The
+//! queue has two classes ([`super::queue`]): a client's request is signed
+//! before background work (workload SVIDs, the certificate-request worker)
+//! queued ahead of it; [`SignerPool::background`] is the signer for the latter.
 //!
 //! Failures are sorted by [`FaultClass`]: a session-level fault gets a
 //! fresh session (login again, key found again by CKA_ID) and one more
@@ -26,12 +29,13 @@ use cryptoki::{
 use spki::SubjectPublicKeyInfoOwned;
 use tokio::sync::{oneshot, watch};
 
-pub use super::supervisor::RebuildPlan;
 use super::{
     CaKey, FaultClass, Token, TokenError,
     faults::{FaultInjector, Op},
+    queue::{JobQueue, PushError},
     supervisor::{self, Live, Shared},
 };
+pub use super::{queue::Priority, supervisor::RebuildPlan};
 use crate::{
     metrics::metrics,
     signing::{DigestSigner, Readiness, SignFuture, SignatureScheme},
@@ -71,7 +75,7 @@ pub struct ExtraKey {
 }
 
 pub struct SignerPool {
-    tx: Mutex<Option<flume::Sender<Job>>>,
+    queue: std::sync::Arc<JobQueue<Job>>,
     scheme: SignatureScheme,
     spki: SubjectPublicKeyInfoOwned,
     /// The extra keys' schemes and public keys, by index - 1.
@@ -104,7 +108,7 @@ impl SignerPool {
     /// recovery thread. The token (and its login session) is kept until
     /// [`SignerPool::shutdown`].
     pub fn start(token: Token, key: &CaKey, opts: PoolOptions) -> Result<Self, TokenError> {
-        let (tx, rx) = flume::bounded::<Job>(opts.queue_depth);
+        let queue = std::sync::Arc::new(JobQueue::<Job>::new(opts.queue_depth));
         let mut sessions = Vec::with_capacity(opts.sessions);
         for _ in 0..opts.sessions {
             let s = super::open_session(token.context(), token.slot(), false, &opts.faults)
@@ -133,10 +137,10 @@ impl SignerPool {
                     generation: 0,
                 }),
             };
-            let rx = rx.clone();
+            let queue = queue.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("hsmca-signer-{n}"))
-                .spawn(move || worker.run(rx))
+                .spawn(move || worker.run(&queue))
                 .map_err(|e| TokenError::Other(format!("cannot start signing thread: {e}")))?;
             workers.push(handle);
         }
@@ -150,7 +154,7 @@ impl SignerPool {
             .spawn(move || supervisor::run(sup, wake))
             .map_err(|e| TokenError::Other(format!("cannot start recovery thread: {e}")))?;
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
+            queue,
             scheme: opts.scheme,
             spki: key.spki.clone(),
             extra,
@@ -170,9 +174,7 @@ impl SignerPool {
     /// their sessions, stops the recovery thread, logs out and unloads the
     /// module.
     pub fn shutdown(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.queue.close();
         let workers = self
             .workers
             .lock()
@@ -200,11 +202,18 @@ impl SignerPool {
         })
     }
 
+    /// The CA key as a [`DigestSigner`] whose signatures wait behind
+    /// interactive ones ([`Priority::Background`]).
+    pub fn background(self: &std::sync::Arc<Self>) -> BackgroundSigner {
+        BackgroundSigner { pool: self.clone() }
+    }
+
     /// Queues exactly `input` for C_Sign with key `key` and waits for the
     /// raw output. While the token is unavailable nothing is queued: the
     /// request fails at once.
     async fn sign_raw(
         &self,
+        priority: Priority,
         key: usize,
         scheme: SignatureScheme,
         input: Vec<u8>,
@@ -212,30 +221,35 @@ impl SignerPool {
         if !self.shared.is_ready() {
             return Err(TokenError::Unavailable);
         }
-        let tx = self
-            .tx
-            .lock()
-            .map_err(|_| TokenError::Stopped)?
-            .clone()
-            .ok_or(TokenError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        // Counted before the send, so a worker's decrement never comes first.
+        // Counted before the push, so a worker's decrement never comes first.
         let queued = &metrics().signer_queue;
         queued.inc();
-        tx.try_send(Job {
+        let job = Job {
             key,
             scheme,
             input,
             reply,
-        })
-        .map_err(|e| {
+        };
+        self.queue.try_push(priority, job).map_err(|e| {
             queued.dec();
             match e {
-                flume::TrySendError::Full(_) => TokenError::Busy,
-                flume::TrySendError::Disconnected(_) => TokenError::Stopped,
+                PushError::Full(_) => TokenError::Busy,
+                PushError::Closed(_) => TokenError::Stopped,
             }
         })?;
         rx.await.map_err(|_| TokenError::Stopped)?
+    }
+
+    async fn sign_digest_as(
+        &self,
+        priority: Priority,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::signing::SignError> {
+        let raw = self
+            .sign_raw(priority, 0, self.scheme, self.scheme.token_input(&digest))
+            .await?;
+        Ok(self.scheme.signature_value(&raw)?)
     }
 }
 
@@ -249,12 +263,27 @@ impl DigestSigner for SignerPool {
     }
 
     fn sign_digest(&self, digest: Vec<u8>) -> SignFuture<'_> {
-        Box::pin(async move {
-            let raw = self
-                .sign_raw(0, self.scheme, self.scheme.token_input(&digest))
-                .await?;
-            Ok(self.scheme.signature_value(&raw)?)
-        })
+        Box::pin(self.sign_digest_as(Priority::Interactive, digest))
+    }
+}
+
+/// The CA key through the pool at [`Priority::Background`]: the same key,
+/// sessions, queue and recovery, taken after interactive work.
+pub struct BackgroundSigner {
+    pool: std::sync::Arc<SignerPool>,
+}
+
+impl DigestSigner for BackgroundSigner {
+    fn scheme(&self) -> SignatureScheme {
+        self.pool.scheme
+    }
+
+    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.pool.spki
+    }
+
+    fn sign_digest(&self, digest: Vec<u8>) -> SignFuture<'_> {
+        Box::pin(self.pool.sign_digest_as(Priority::Background, digest))
     }
 }
 
@@ -280,7 +309,12 @@ impl DigestSigner for ExtraSigner {
         Box::pin(async move {
             let raw = self
                 .pool
-                .sign_raw(self.key, self.scheme, self.scheme.token_input(&digest))
+                .sign_raw(
+                    Priority::Interactive,
+                    self.key,
+                    self.scheme,
+                    self.scheme.token_input(&digest),
+                )
                 .await?;
             Ok(self.scheme.signature_value(&raw)?)
         })
@@ -335,9 +369,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: flume::Receiver<Job>) {
+    fn run(mut self, queue: &JobQueue<Job>) {
         let m = metrics();
-        while let Ok(job) = rx.recv() {
+        while let Some(job) = queue.pop() {
             m.signer_queue.dec();
             if job.reply.is_closed() {
                 // The caller is gone (deadline, disconnect): spend no signature.

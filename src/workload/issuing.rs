@@ -1,6 +1,7 @@
 //! Signing one SVID: a fresh key, the certificate decided by
-//! [`Issuer::decide_svid`] and signed by [`Issuer::sign`] through the same
-//! signer as every request, then the record and its audit entry committed
+//! [`Issuer::decide_svid`] and signed by [`Issuer::sign`] through the
+//! token's signer pool in its background class (after the interactive
+//! requests queued beside it), then the record and its audit entry committed
 //! together — only then is the SVID handed to anyone.
 
 use std::{sync::Arc, time::Duration};
@@ -72,8 +73,11 @@ impl SvidSigner {
     }
 
     /// Decides and signs an SVID for `id` with `key`. A full signer queue
-    /// is waited out; anything else is the caller's to retry later.
+    /// is waited out; anything else is the caller's to retry later. The
+    /// permit covers the signature only: recording it joins the store's
+    /// group commit beside the next ones.
     async fn sign(&self, id: &Identity, key: &keys::WorkloadKey) -> Result<Issued, SvidError> {
+        let _permit = self.permits.acquire().await;
         loop {
             let decided = self.issuer.decide_svid(SvidSpec {
                 spki: key.spki.clone(),
@@ -95,10 +99,9 @@ impl SvidSigner {
     /// caller that first asked for it).
     pub async fn issue(&self, id: &Identity, owner: &Caller) -> Result<Svid, SvidError> {
         let kt = id.entry.config.key_type;
-        let key = tokio::task::spawn_blocking(move || keys::generate(kt))
-            .await
-            .map_err(|e| SvidError::Encoding(format!("key generation stopped: {e}")))??;
-        let _permit = self.permits.acquire().await;
+        // On the low-priority threads: a rotation wave's keys yield the
+        // CPU to interactive requests.
+        let key = crate::issue::low_priority(move || keys::generate(kt)).await??;
         let mut attempt = 1;
         let issued = loop {
             let mut issued = self.sign(id, &key).await?;
