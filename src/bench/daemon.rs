@@ -142,14 +142,22 @@ impl Daemon {
         Self::start_at(bed, &bed.socket(), &bed.path("daemon.log"))
     }
 
-    /// One of several daemons of `bed`: its own socket and log.
+    /// One of several daemons of `bed`: its own socket and log, and its
+    /// own workload socket beside the socket (two daemons cannot listen on
+    /// one).
     pub fn start_at(bed: &Testbed, socket: &Path, log: &Path) -> CliResult<Self> {
         let log = log.to_owned();
         let file = std::fs::File::create(&log)?;
         let t0 = Instant::now();
-        let child = bed
-            .hsmca()
-            .env("HSMCA_SERVER__SOCKET", socket)
+        let mut command = bed.hsmca();
+        command.env("HSMCA_SERVER__SOCKET", socket);
+        if bed.load_config()?.workload.socket.is_some() {
+            command.env(
+                "HSMCA_WORKLOAD__SOCKET",
+                socket.with_file_name("workload.sock"),
+            );
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(bed.config())
             .stdin(Stdio::null())
