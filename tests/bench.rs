@@ -148,3 +148,55 @@ fn bench_store_fill_grows_the_store_and_issues_on_it() {
         }
     }
 }
+
+/// `hsmca bench --costs`: the cost model lists every part with a CPU
+/// figure, and sets their sum against the measured total.
+#[test]
+fn bench_costs_breaks_a_certificate_into_its_parts() {
+    let out = run_ok(
+        Command::new(HSMCA)
+            .args([
+                "bench",
+                "--json",
+                "--costs",
+                "--keys",
+                "p256",
+                "--clients",
+                "4",
+                "--seconds",
+                "0.3",
+                "--setup",
+            ])
+            .arg(repo().join("softhsm-setup/setup.sh"))
+            .env_remove("HSMCA_PIN")
+            .env_remove("HSMCA_STATE__DATABASE")
+            .stdin(Stdio::null()),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    assert_eq!(field(&v, "key"), "p256");
+    assert!(number(&v, "total_cpu_us") > 0.0);
+    assert!(number(&v, "certificates_per_s") > 0.0);
+    let parts = field(&v, "parts").as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in [
+        "token",
+        "gRPC floor",
+        "checks",
+        "build",
+        "hand-off",
+        "store commit",
+        "reply",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "{want} missing: {names:?}"
+        );
+    }
+    let mut sum = 0.0;
+    for p in parts {
+        let cpu = p["cpu_us"].as_f64().unwrap();
+        assert!(cpu > 0.0, "{p:#}");
+        sum += cpu;
+    }
+    assert!((number(&v, "sum_cpu_us") - sum).abs() < 1e-6 * sum.max(1.0));
+}

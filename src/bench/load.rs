@@ -11,6 +11,7 @@ use std::{
 
 use serde::Serialize;
 use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::daemon::Daemon;
 use crate::{
@@ -71,6 +72,8 @@ pub enum Work {
     Issue { keys: Arc<Vec<String>>, tag: String },
     /// `GetClientCertificate` of these ids, round-robin.
     Get { ids: Arc<Vec<String>> },
+    /// The health check: an empty unary call, the floor of every RPC.
+    Health,
     /// Client i sends `requests[i % len]` again and again (same request_id);
     /// every reply must equal `expected[i % len]`.
     Replay {
@@ -143,18 +146,22 @@ pub async fn run_measured(
     let mut conns = Vec::with_capacity(clients);
     for i in 0..clients {
         let socket = &spread.sockets[i % spread.sockets.len().max(1)];
-        conns.push(CertificateAuthorityClient::new(connect(socket).await?));
+        let channel = connect(socket).await?;
+        conns.push((
+            CertificateAuthorityClient::new(channel.clone()),
+            HealthClient::new(channel),
+        ));
     }
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + warmup;
     let end = measure_from + Duration::from_secs_f64(seconds);
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, client) in conns.into_iter().enumerate() {
+    for (i, (client, health)) in conns.into_iter().enumerate() {
         let work = work.clone();
         let per_client_ids = keep_ids.div_ceil(clients.max(1));
         tasks.spawn(client_loop(
             i,
-            client,
+            (client, health),
             work,
             start,
             measure_from,
@@ -206,7 +213,7 @@ pub async fn run_measured(
 
 async fn client_loop(
     i: usize,
-    mut client: CertificateAuthorityClient<Channel>,
+    (mut client, mut health): (CertificateAuthorityClient<Channel>, HealthClient<Channel>),
     work: Work,
     start: Instant,
     measure_from: Instant,
@@ -251,6 +258,13 @@ async fn client_loop(
                     .map(|_| None)
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
             }
+            Work::Health => health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|_| None)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
             Work::Replay { requests, expected } => {
                 let k = i % requests.len();
                 match client

@@ -9,6 +9,7 @@
 //! from /proc/PID. Figures are printed as a table, or as JSON with `--json`.
 
 pub mod burst;
+pub mod costs;
 pub mod daemon;
 pub mod fill;
 pub mod interactive;
@@ -74,6 +75,11 @@ pub struct BenchArgs {
     /// certificate requests (unfiltered and with label filters).
     #[arg(long)]
     pub request_list: Option<usize>,
+    /// Only the cost model of one certificate: the daemon's CPU per
+    /// certificate at the highest `--clients`, broken into its parts, each
+    /// measured on its own (see BENCHMARKS.md). Uses the first of `--keys`.
+    #[arg(long)]
+    pub costs: bool,
     /// Measure a store grown to this many certificate records (default
     /// 10,000,000): its size per million records, and issuance on it
     /// against the same store empty, on `--store` (SQLite or PostgreSQL).
@@ -119,6 +125,9 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     }
     let wave_n = args.wave.unwrap_or(if args.quick { 500 } else { 2000 });
     let peer_runs = args.peer_runs.unwrap_or(if args.quick { 10 } else { 30 });
+    if args.costs {
+        return costs::run(&args, &setup, seconds).await;
+    }
     if let Some(n) = args.store_fill {
         return fill::run(&args, &setup, seconds, n).await;
     }

@@ -23,6 +23,7 @@
 use std::{
     future::Future,
     io,
+    os::fd::OwnedFd,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -62,15 +63,20 @@ pub struct ConnState {
     /// The connection task's waker, so that the idle timer starts when the
     /// last request ends.
     waker: Mutex<Option<Waker>>,
+    /// The process that connected, as the kernel saw it at connect()
+    /// (SO_PEERPIDFD), when asked for: unlike a PID, it never names
+    /// another process later.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(pidfd: Option<OwnedFd>) -> Self {
         Self {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
             waker: Mutex::new(None),
+            pidfd: pidfd.map(Arc::new),
         }
     }
 
@@ -93,6 +99,11 @@ impl ConnInfo {
     /// How long ago the connection was accepted.
     pub fn connected_for(&self) -> Duration {
         self.state.opened.elapsed()
+    }
+
+    /// The connecting process's pidfd, on a socket that takes them.
+    pub fn pidfd(&self) -> Option<Arc<OwnedFd>> {
+        self.state.pidfd.clone()
     }
 }
 
@@ -134,8 +145,8 @@ pub struct Limited<S> {
 }
 
 impl<S> Limited<S> {
-    fn new(inner: S, slot: OwnedSemaphorePermit, limits: &Limits) -> Self {
-        let state = Arc::new(ConnState::new());
+    fn new(inner: S, slot: OwnedSemaphorePermit, limits: &Limits, pidfd: Option<OwnedFd>) -> Self {
+        let state = Arc::new(ConnState::new(pidfd));
         metrics().connections.inc();
         Self {
             timer: Box::pin(tokio::time::sleep_until(
@@ -249,12 +260,21 @@ impl<S: Connected<ConnectInfo = UdsConnectInfo>> Connected for Limited<S> {
     }
 }
 
+/// Whether [`incoming`] keeps each connecting process's pidfd (the
+/// workload socket, whose callers are attested from `/proc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerPidfd {
+    Take,
+    Skip,
+}
+
 /// Accepted connections, each behind [`AuthorityFix`] (clients sending
 /// their socket path as `:authority` are served) and [`Limited`]; over
 /// `max_connections`, connections are closed as soon as they are accepted.
 pub fn incoming(
     listener: UnixListener,
     limits: Limits,
+    peers: PeerPidfd,
 ) -> impl Stream<Item = io::Result<Limited<AuthorityFix<UnixStream>>>> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let last_warning = AtomicU64::new(0);
@@ -262,7 +282,23 @@ pub fn incoming(
     UnixListenerStream::new(listener).filter_map(move |conn| match conn {
         Err(e) => Some(Err(e)),
         Ok(stream) => match slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(Ok(Limited::new(AuthorityFix::new(stream), slot, &limits))),
+            Ok(slot) => {
+                // A kernel without SO_PEERPIDFD (before 6.5) gives none:
+                // attestation then relies on the start-time checks alone.
+                let pidfd = match peers {
+                    PeerPidfd::Take => {
+                        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd)
+                            .ok()
+                    }
+                    PeerPidfd::Skip => None,
+                };
+                Some(Ok(Limited::new(
+                    AuthorityFix::new(stream),
+                    slot,
+                    &limits,
+                    pidfd,
+                )))
+            }
             Err(_) => {
                 metrics().connection_closed("limit");
                 // At most one warning every 10 s: a flood must not flood the log.
@@ -401,7 +437,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let slots = Arc::new(Semaphore::new(1));
         let slot = slots.clone().try_acquire_owned().unwrap();
-        (Limited::new(a, slot, limits), b, slots)
+        (Limited::new(a, slot, limits, None), b, slots)
     }
 
     fn limits() -> Limits {

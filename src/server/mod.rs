@@ -109,7 +109,10 @@ where
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(bounds::incoming(listener, limits), shutdown)
+        .serve_with_incoming_shutdown(
+            bounds::incoming(listener, limits, bounds::PeerPidfd::Skip),
+            shutdown,
+        )
         .await;
     if let Some(f) = follower {
         f.abort();

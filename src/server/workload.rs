@@ -33,14 +33,12 @@ pub struct WorkloadServices {
 /// SO_PEERCRED, then `/proc`; see `workload::attest`).
 pub async fn caller<T>(req: &Request<T>, workload: &Workload) -> Result<Caller, Status> {
     let peer = peer(req)?;
-    let connected_for = req
-        .extensions()
-        .get::<bounds::ConnInfo>()
-        .map(bounds::ConnInfo::connected_for);
+    let conn = req.extensions().get::<bounds::ConnInfo>();
     Ok(workload
         .attest(ConnectedPeer {
             peer,
-            connected_for,
+            connected_for: conn.map(bounds::ConnInfo::connected_for),
+            pidfd: conn.and_then(bounds::ConnInfo::pidfd),
         })
         .await?)
 }
@@ -92,7 +90,10 @@ where
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(bounds::BoundsLayer::new(limits.request_timeout))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(bounds::incoming(listener, limits), shutdown)
+        .serve_with_incoming_shutdown(
+            bounds::incoming(listener, limits, bounds::PeerPidfd::Take),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -12,7 +12,13 @@
 //! a refusal. A caller that exited gets nothing. A process that started
 //! after its connection was accepted cannot be the one that connected, so
 //! it is refused too: that closes the gap between the connection and the
-//! call, leaving only the moment between `connect()` and `accept()`.
+//! call. The moment between `connect()` and `accept()` is closed by the
+//! pidfd the kernel hands over with the connection (SO_PEERPIDFD, Linux
+//! 6.5): it names the process that connected, never another one with its
+//! PID, and says whether that process still exists. The PID it carries must
+//! be the socket's before `/proc` is read and still be alive after: then
+//! `/proc/PID` was that process all along (a PID is not reused while its
+//! process lives).
 
 use std::{
     io::Read,
@@ -39,11 +45,39 @@ pub enum AttestError {
 }
 
 /// The connection's peer as the transport knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ConnectedPeer {
     pub peer: Peer,
     /// How long ago the connection was accepted, when the transport knows.
     pub connected_for: Option<std::time::Duration>,
+    /// The connecting process as a pidfd (SO_PEERPIDFD), when the kernel
+    /// gives one.
+    pub pidfd: Option<std::sync::Arc<OwnedFd>>,
+}
+
+/// The PID a pidfd names now (`Pid:` of its fdinfo), or `None` once that
+/// process has exited and been reaped (the kernel shows -1).
+fn pidfd_pid(pidfd: &OwnedFd) -> Result<Option<i32>, AttestError> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
+    let info =
+        std::fs::read_to_string(&path).map_err(|e| AttestError::Proc(format!("{path}: {e}")))?;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .ok_or_else(|| AttestError::Proc(format!("{path}: no Pid line")))?;
+    Ok((pid > 0).then_some(pid))
+}
+
+/// Whether the pidfd still names the live process `pid`.
+fn check_pidfd(pidfd: Option<&OwnedFd>, pid: i32) -> Result<(), AttestError> {
+    match pidfd.map(pidfd_pid).transpose()? {
+        None => Ok(()),
+        Some(Some(p)) if p == pid => Ok(()),
+        Some(None) => Err(AttestError::Gone),
+        Some(Some(_)) => Err(AttestError::Changed),
+    }
 }
 
 /// What registration entries select on. Callers with equal attributes get
@@ -120,6 +154,8 @@ fn attest_in(proc_root: &str, peer: &ConnectedPeer) -> Result<Caller, AttestErro
         }
         Err(e) => return Err(AttestError::Proc(e.to_string())),
     };
+    let pidfd = peer.pidfd.as_deref();
+    check_pidfd(pidfd, pid)?;
     let started = start_time(&dir)?;
     if let Some(ago) = peer.connected_for
         && started_after(started, ago, &read_uptime()?)
@@ -140,10 +176,12 @@ fn attest_in(proc_root: &str, peer: &ConnectedPeer) -> Result<Caller, AttestErro
         .ok()
         .map(|s| PathBuf::from(s.to_string_lossy().into_owned()));
     let unit = unit_of_cgroup(&read(&dir, "cgroup")?);
-    // Everything was read from the process that started at `started`.
+    // Everything was read from the process that started at `started`,
+    // and that is the process that connected.
     if start_time(&dir)? != started {
         return Err(AttestError::Changed);
     }
+    check_pidfd(pidfd, pid)?;
     let user = uzers::get_user_by_uid(p.uid).map(|u| u.name().to_string_lossy().into_owned());
     let mut all = gids;
     all.push(p.gid);
@@ -332,12 +370,13 @@ mod tests {
                 pid: Some(me),
             },
             connected_for: Some(std::time::Duration::ZERO),
+            pidfd: None,
         };
         assert!(attest(&peer).is_ok());
         // …but not before one accepted a day ago.
         let old = ConnectedPeer {
             connected_for: Some(std::time::Duration::from_secs(86_400 * 365)),
-            ..peer
+            ..peer.clone()
         };
         assert_eq!(attest(&old), Err(AttestError::Changed));
     }
@@ -361,6 +400,7 @@ mod tests {
                 pid: Some(pid),
             },
             connected_for: None,
+            pidfd: None,
         };
         let c = attest(&peer(uid, me)).unwrap();
         assert_eq!(c.pid, me);
@@ -386,8 +426,40 @@ mod tests {
                     pid: None
                 },
                 connected_for: None,
+                pidfd: None,
             }),
             Err(AttestError::NoPid)
         );
+    }
+
+    /// The pidfd of the socket's peer decides who called: a live process
+    /// attests; a pidfd whose process has exited refuses the caller even
+    /// though its PID now belongs to a live process (this one stands in for
+    /// the process that got the PID).
+    #[test]
+    fn a_pidfd_names_the_caller_even_when_its_pid_is_reused() {
+        use std::os::unix::net::UnixStream;
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mine = nix::sys::socket::getsockopt(&a, nix::sys::socket::sockopt::PeerPidfd).unwrap();
+        let peer = |pidfd: OwnedFd| ConnectedPeer {
+            peer: Peer {
+                uid,
+                gid,
+                pid: Some(me),
+            },
+            connected_for: None,
+            pidfd: Some(std::sync::Arc::new(pidfd)),
+        };
+        assert_eq!(attest(&peer(mine)).unwrap().pid, me);
+
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let child_pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let theirs =
+            rustix::process::pidfd_open(child_pid, rustix::process::PidfdFlags::empty()).unwrap();
+        child.wait().unwrap();
+        assert_eq!(attest(&peer(theirs)), Err(AttestError::Gone));
     }
 }

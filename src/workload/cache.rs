@@ -129,12 +129,13 @@ impl Workload {
     /// Identifies the caller behind a connection (see [`attest`]); runs
     /// off the async runtime. Refusals are counted and logged.
     pub async fn attest(&self, peer: ConnectedPeer) -> Result<Caller, AttestError> {
+        let who = peer.peer;
         let r = tokio::task::spawn_blocking(move || attest::attest(&peer))
             .await
             .unwrap_or_else(|e| Err(AttestError::Proc(format!("the lookup stopped: {e}"))));
         if let Err(e) = &r {
             metrics().workload.attestation_refusals.inc();
-            tracing::info!(uid = peer.peer.uid, pid = ?peer.peer.pid, error = %e, "workload caller refused by attestation");
+            tracing::info!(uid = who.uid, pid = ?who.pid, error = %e, "workload caller refused by attestation");
         }
         r
     }

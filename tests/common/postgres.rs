@@ -126,9 +126,14 @@ impl PgServer {
 
     /// `pg_ctl start` (after [`PgServer::stop`]).
     pub fn start_again(&self) {
+        self.start_with("-c listen_addresses=''");
+    }
+
+    /// `pg_ctl start` with `extra` server options (e.g. a TCP port and TLS).
+    pub fn start_with(&self, extra: &str) {
         let opts = format!(
-            "-k {} -c listen_addresses='' -c max_connections=400 -c shared_buffers=16MB \
-             -c fsync=off -c full_page_writes=off",
+            "-k {} -c max_connections=400 -c shared_buffers=16MB \
+             -c fsync=off -c full_page_writes=off {extra}",
             self.sockets.display()
         );
         run_ok(

@@ -87,6 +87,7 @@ impl PgStore {
             opts = opts.password(secrecy::ExposeSecret::expose_secret(&pw));
         }
         let target = describe(&opts);
+        let hint = password::hint(state);
         let connect = |max: u32| {
             PgPoolOptions::new()
                 .max_connections(max)
@@ -95,8 +96,14 @@ impl PgStore {
                 .connect_with(opts.clone())
         };
         let failed = |e: sqlx::Error| {
+            // A refused password says where the password came from.
+            let refused = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "28P01" || c == "28000");
+            let hint = if refused { hint.as_str() } else { "" };
             unavailable(format!(
-                "state.database: cannot connect to PostgreSQL at {target}: {e}"
+                "state.database: cannot connect to PostgreSQL at {target}: {e}{hint}"
             ))
         };
         let pool = connect(state.database_connections).await.map_err(failed)?;

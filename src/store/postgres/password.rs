@@ -25,6 +25,27 @@ pub(super) fn load(state: &StateConfig) -> Result<Option<SecretString>, StoreErr
     Ok(None)
 }
 
+/// Where the password was taken from, for the message of a refused login
+/// (the password itself never appears).
+pub(super) fn hint(state: &StateConfig) -> String {
+    if let Some(path) = &state.database_password_file {
+        return format!(
+            "; the password was read from state.database_password_file ({})",
+            path.display()
+        );
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join(&state.database_password_credential);
+        if path.exists() {
+            return format!(
+                "; the password was read from the systemd credential {:?} (state.database_password_credential)",
+                state.database_password_credential
+            );
+        }
+    }
+    "; no password was given: set state.database_password_file, or the systemd credential named by state.database_password_credential".to_owned()
+}
+
 fn read(path: &Path, check_mode: bool, key: &str) -> Result<SecretString, StoreError> {
     let shown = path.display();
     let meta = std::fs::metadata(path)
