@@ -142,7 +142,9 @@ impl Daemon {
         Self::start_at(bed, &bed.socket(), &bed.path("daemon.log"))
     }
 
-    /// One of several daemons of `bed`: its own socket and log.
+    /// One of several daemons of `bed`: its own socket and log, and its
+    /// own workload socket beside the socket (two daemons cannot listen on
+    /// one).
     pub fn start_at(bed: &Testbed, socket: &Path, log: &Path) -> CliResult<Self> {
         Self::start_with(bed, &bed.config(), socket, log, &[])
     }
@@ -159,10 +161,21 @@ impl Daemon {
         let log = log.to_owned();
         let file = std::fs::File::create(&log)?;
         let t0 = Instant::now();
-        let child = bed
-            .hsmca()
+        let mut command = bed.hsmca();
+        command
             .env("HSMCA_SERVER__SOCKET", socket)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        // Two daemons cannot listen on one workload socket: each has its own
+        // beside its API socket (unless the caller's environment says).
+        if bed.load_config()?.workload.socket.is_some()
+            && !env.iter().any(|(k, _)| *k == "HSMCA_WORKLOAD__SOCKET")
+        {
+            command.env(
+                "HSMCA_WORKLOAD__SOCKET",
+                socket.with_file_name("workload.sock"),
+            );
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(config)
             .stdin(Stdio::null())

@@ -1,11 +1,14 @@
-//! Certificate records: the INSERT the writer and certificate requests
-//! share, reading a row back into a [`Record`], and the queries behind
+//! Certificate records: the INSERT the writer, certificate requests and
+//! `store copy` share, reading a row back into a [`Record`], and the queries behind
 //! [`CertificateStore`].
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Postgres, Row, Transaction, postgres::PgRow};
+use sqlx::{
+    AssertSqlSafe, Postgres, Row, Transaction,
+    postgres::{PgBindIterExt, PgRow},
+};
 
 use super::{PgStore, corrupt, map_err};
 use crate::{
@@ -20,46 +23,76 @@ const COLUMNS: &str = "id, serial, owner_uid, owner_gid, owner_pid, subject, dns
     ip_addresses, profile, not_before, expire_time, create_time, request_id, fingerprint, \
     description, tags, revoke_time, revoke_reason, pem, reply";
 
-/// Inserts one certificate record (and its tags) inside `tx`.
-pub(super) async fn insert_record(
+/// Inserts certificate records (with their tags and any revocation)
+/// inside `tx`: one statement per table whatever their number, each column
+/// bound as one array and unrolled by `UNNEST`, so a group commit of many
+/// records costs a few round trips, not a few per record. A unique
+/// violation on any row fails the statement (and so the transaction).
+pub(super) async fn insert_records(
     tx: &mut Transaction<'_, Postgres>,
-    r: &Record,
+    records: &[&Record],
 ) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&Record) -> &str| records.iter().map(move |r| f(r)).bind_iter();
+    let int = |f: fn(&Record) -> i64| records.iter().map(move |r| f(r)).bind_iter();
     sqlx::query(
         "INSERT INTO certificates (id, serial, owner_uid, owner_gid, owner_pid, subject, \
          dns_names, uri_sans, ip_addresses, profile, not_before, expire_time, create_time, \
-         request_id, fingerprint, description, tags, pem, reply) VALUES ($1, $2, $3, $4, $5, \
-         $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+         request_id, fingerprint, description, tags, pem, reply, revoke_time, revoke_reason) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], \
+         $13::int8[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], \
+         $19::bytea[], $20::int8[], $21::int8[])",
     )
-    .bind(&r.id)
-    .bind(&r.serial)
-    .bind(i64::from(r.owner_uid))
-    .bind(i64::from(r.owner_gid))
-    .bind(r.owner_pid)
-    .bind(&r.subject)
-    .bind(json(&r.dns_names))
-    .bind(json(&r.uri_sans))
-    .bind(json(&r.ip_addresses))
-    .bind(&r.profile)
-    .bind(r.not_before)
-    .bind(r.expire_time)
-    .bind(r.create_time_us)
-    .bind(&r.request_id)
-    .bind(&r.fingerprint)
-    .bind(&r.description)
-    .bind(json(&r.tags))
-    .bind(&r.pem)
-    .bind(&r.reply)
+    .bind(col(|r| &r.id))
+    .bind(col(|r| &r.serial))
+    .bind(int(|r| i64::from(r.owner_uid)))
+    .bind(int(|r| i64::from(r.owner_gid)))
+    .bind(int(|r| r.owner_pid))
+    .bind(col(|r| &r.subject))
+    .bind(records.iter().map(|r| json(&r.dns_names)).bind_iter())
+    .bind(records.iter().map(|r| json(&r.uri_sans)).bind_iter())
+    .bind(records.iter().map(|r| json(&r.ip_addresses)).bind_iter())
+    .bind(col(|r| &r.profile))
+    .bind(int(|r| r.not_before))
+    .bind(int(|r| r.expire_time))
+    .bind(int(|r| r.create_time_us))
+    .bind(col(|r| &r.request_id))
+    .bind(col(|r| &r.fingerprint))
+    .bind(col(|r| &r.description))
+    .bind(records.iter().map(|r| json(&r.tags)).bind_iter())
+    .bind(col(|r| &r.pem))
+    .bind(records.iter().map(|r| r.reply.as_slice()).bind_iter())
+    .bind(
+        records
+            .iter()
+            .map(|r| r.revoked.map(|v| v.time))
+            .bind_iter(),
+    )
+    .bind(
+        records
+            .iter()
+            .map(|r| r.revoked.map(|v| i64::from(v.reason)))
+            .bind_iter(),
+    )
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
-    for (k, v) in &r.tags {
+    let tags = || {
+        records
+            .iter()
+            .flat_map(|r| r.tags.iter().map(move |(k, v)| (r.id.as_str(), k, v)))
+    };
+    if tags().next().is_some() {
         sqlx::query(
-            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) VALUES ($1, $2, $3)",
+            "INSERT INTO certificate_tags (cert_id, tag_key, tag_value) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
         )
-        .bind(&r.id)
-        .bind(k)
-        .bind(v)
+        .bind(tags().map(|(id, _, _)| id).bind_iter())
+        .bind(tags().map(|(_, k, _)| k.as_str()).bind_iter())
+        .bind(tags().map(|(_, _, v)| v.as_str()).bind_iter())
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;

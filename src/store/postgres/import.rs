@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::{PgStore, certificates::insert_record, corrupt, map_err};
+use super::{PgStore, certificates::insert_records, corrupt, map_err};
 use crate::{
     audit::AuditRow,
     store::{AuditCheckpoint, CrlRecord, Record, RequestRow, StoreError},
@@ -41,20 +41,9 @@ impl PgStore {
 
     pub async fn import_records(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        for r in records {
-            insert_record(&mut tx, r).await?;
-            if let Some(rev) = r.revoked {
-                sqlx::query(
-                    "UPDATE certificates SET revoke_time = $1, revoke_reason = $2 WHERE id = $3",
-                )
-                .bind(rev.time)
-                .bind(i64::from(rev.reason))
-                .bind(&r.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            }
-        }
+        // Revocations go in with the rows.
+        let rows: Vec<&Record> = records.iter().collect();
+        insert_records(&mut tx, &rows).await?;
         tx.commit().await.map_err(map_err)
     }
 

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 
-use super::{PgStore, certificates::insert_record, corrupt, map_err, notify::CHANNEL};
+use super::{PgStore, certificates::insert_records, corrupt, map_err, notify::CHANNEL};
 use crate::store::{RequestChange, RequestQuery, RequestRow, RequestStore, Revocation, StoreError};
 
 /// The columns [`row`] reads, the labels as one JSON object.
@@ -243,7 +243,7 @@ impl RequestStore for PgStore {
             .map_err(map_err)?;
         insert_labels(&mut tx, &r.id, &r.labels).await?;
         if let Some(rec) = &c.issued {
-            insert_record(&mut tx, rec).await?;
+            insert_records(&mut tx, &[rec]).await?;
         }
         if let Some(rev) = c.revocation {
             revoke_serials(&mut tx, &c.revoke, rev).await?;

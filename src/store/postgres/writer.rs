@@ -1,7 +1,11 @@
 //! The group-commit writer: one task that commits certificate records and
 //! audit entries in batches. Every job waiting when a commit starts shares
 //! that transaction and its one durable commit (`synchronous_commit` on),
-//! and each caller hears back only after it.
+//! and each caller hears back only after it. A batch is one statement per
+//! table (each column bound as an array and unrolled by `UNNEST`), so its
+//! cost in round trips does not grow with its size; when a row breaks a
+//! constraint, each job of the batch is committed alone and only the
+//! offending one fails.
 //!
 //! The audit chain spans every node: a batch with audit entries first takes
 //! a transaction-scoped advisory lock, then reads the chain's head and
@@ -16,10 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{
+    Connection as _, PgConnection, PgPool, Postgres, Row, Transaction, pool::PoolConnection,
+    postgres::PgBindIterExt,
+};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{certificates::insert_record, corrupt, locks::AUDIT_CHAIN, map_err};
+use super::{certificates::insert_records, corrupt, locks::BEGIN_AND_LOCK_AUDIT_CHAIN, map_err};
 use crate::{
     audit::{AuditEntry, GENESIS, chain_hash},
     store::{Record, StoreError},
@@ -48,6 +55,7 @@ pub(super) fn start(pool: PgPool, announced: Arc<AtomicUsize>) -> mpsc::Sender<P
 
 async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, announced: Arc<AtomicUsize>) {
     let m = crate::metrics::metrics();
+    let mut conn = Connection { pool, held: None };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -60,7 +68,7 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, announced: Arc<Atomi
         gather(&mut rx, &mut batch, &announced).await;
         let started = Instant::now();
         let jobs: Vec<&Pending> = batch.iter().collect();
-        match commit(&pool, &jobs).await {
+        match conn.commit(&jobs).await {
             Ok(()) => {
                 m.store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -73,7 +81,7 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, announced: Arc<Atomi
             Err(StoreError::Unavailable(e)) => {
                 // The server is away: nothing of the batch was committed
                 // (a failed COMMIT rolls back). Every caller hears so and
-                // may retry; the pool reconnects by itself.
+                // may retry; the next batch takes a new connection.
                 for p in batch.drain(..) {
                     let _ = p.done.send(Err(StoreError::Unavailable(e.clone())));
                 }
@@ -83,7 +91,7 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, announced: Arc<Atomi
                 // One bad record (a serial or request_id already taken)
                 // must not fail its neighbours: each job alone.
                 for p in batch.drain(..) {
-                    let r = commit(&pool, &[&p]).await;
+                    let r = conn.commit(&[&p]).await;
                     let _ = p.done.send(r);
                 }
             }
@@ -111,30 +119,60 @@ async fn gather(
     }
 }
 
-/// Commits the jobs' records and audit entries in one transaction.
-async fn commit(pool: &PgPool, jobs: &[&Pending]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(map_err)?;
-    for r in jobs.iter().filter_map(|j| j.record.as_ref()) {
-        insert_record(&mut tx, r).await?;
+/// The writer's connection, kept from one batch to the next: taking a
+/// connection from the pool and giving it back costs a ping each way (sqlx
+/// checks it on acquire and on release), two round trips a batch. After an
+/// error that may have broken it, it goes back to the pool (whose check
+/// drops a dead one) and the next batch takes a checked one.
+struct Connection {
+    pool: PgPool,
+    held: Option<PoolConnection<Postgres>>,
+}
+
+impl Connection {
+    async fn commit(&mut self, jobs: &[&Pending]) -> Result<(), StoreError> {
+        let conn = match &mut self.held {
+            Some(c) => c,
+            None => self
+                .held
+                .insert(self.pool.acquire().await.map_err(map_err)?),
+        };
+        let r = commit(conn, jobs).await;
+        if let Err(StoreError::Unavailable(_)) = r {
+            self.held = None;
+        }
+        r
     }
+}
+
+/// Commits the jobs' records and audit entries in one transaction: one
+/// statement per table, so a batch is five round trips whatever its size
+/// (BEGIN with the chain's lock, the records, the chain's head, the audit
+/// entries, COMMIT).
+async fn commit(conn: &mut PgConnection, jobs: &[&Pending]) -> Result<(), StoreError> {
+    let records: Vec<&Record> = jobs.iter().filter_map(|j| j.record.as_ref()).collect();
     let entries: Vec<&AuditEntry> = jobs.iter().filter_map(|j| j.audit.as_ref()).collect();
+    // The chain's lock is taken with BEGIN, in the same round trip.
+    let mut tx = if entries.is_empty() {
+        conn.begin().await
+    } else {
+        conn.begin_with(BEGIN_AND_LOCK_AUDIT_CHAIN).await
+    }
+    .map_err(map_err)?;
+    insert_records(&mut tx, &records).await?;
     if !entries.is_empty() {
         append_audit(&mut tx, &entries).await?;
     }
     tx.commit().await.map_err(map_err)
 }
 
-/// Appends `entries` to the chain inside `tx`, holding the chain's lock
-/// until the transaction ends.
-pub(super) async fn append_audit(
+/// Appends `entries` to the chain inside `tx`, which holds the chain's
+/// lock (taken with its BEGIN) until it ends: the head read here is the
+/// newest any node committed.
+async fn append_audit(
     tx: &mut Transaction<'_, Postgres>,
     entries: &[&AuditEntry],
 ) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
-        .bind(AUDIT_CHAIN)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
     let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await
@@ -146,24 +184,28 @@ pub(super) async fn append_audit(
         ),
         None => (0, GENESIS.to_owned()),
     };
+    let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
         let text = serde_json::to_string(entry)
             .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
         let next = chain_hash(&hash, &text);
         seq += 1;
         tracing::debug!(target: "hsmca::audit", seq, hash = %next, entry = %text, "audit");
-        sqlx::query(
-            "INSERT INTO audit_log (seq, entry, prev_hash, hash, time_us) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(seq)
-        .bind(&text)
-        .bind(&hash)
-        .bind(&next)
-        .bind(entry.time_us)
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
-        hash = next;
+        let prev = std::mem::replace(&mut hash, next.clone());
+        rows.push((seq, text, prev, next, entry.time_us));
     }
+    // The whole batch's links in one statement, one array per column.
+    sqlx::query(
+        "INSERT INTO audit_log (seq, entry, prev_hash, hash, time_us) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])",
+    )
+    .bind(rows.iter().map(|r| r.0).bind_iter())
+    .bind(rows.iter().map(|r| r.1.as_str()).bind_iter())
+    .bind(rows.iter().map(|r| r.2.as_str()).bind_iter())
+    .bind(rows.iter().map(|r| r.3.as_str()).bind_iter())
+    .bind(rows.iter().map(|r| r.4).bind_iter())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
     Ok(())
 }
