@@ -2,8 +2,8 @@
 //! a batch of concurrent writes in which some records break a unique
 //! constraint (a serial or a caller's request_id already taken, two
 //! records of one batch with the same serial) commits every other record
-//! with its tags, reply and audit entry, refuses each bad one with
-//! `Duplicate`, and leaves one audit chain that verifies, holding the
+//! with its tags, reply and audit entry, refuses each bad one (`SerialTaken`
+//! for a serial, `Duplicate` for a request_id), and leaves one audit chain that verifies, holding the
 //! entries of exactly the records that were committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -107,9 +107,15 @@ async fn check_engine(name: &str, store: Arc<dyn Store>) {
     let mut committed = vec![0];
     for (n, r) in &results {
         match n {
-            7 | 8 => assert!(
+            // A taken serial is told apart (the caller signs again under a
+            // new one); a taken request_id is a duplicate request.
+            7 => assert!(
+                matches!(r, Err(StoreError::SerialTaken)),
+                "{name}: record 7 reuses a serial and must be refused as taken: {r:?}"
+            ),
+            8 => assert!(
                 matches!(r, Err(StoreError::Duplicate)),
-                "{name}: record {n} reuses a key and must be refused as a duplicate: {r:?}"
+                "{name}: record 8 reuses a request_id and must be refused as a duplicate: {r:?}"
             ),
             20 | 21 => {}
             n => {
@@ -130,8 +136,8 @@ async fn check_engine(name: &str, store: Arc<dyn Store>) {
     assert!(
         [20, 21]
             .iter()
-            .any(|n| matches!(results[n], Err(StoreError::Duplicate))),
-        "{name}: the other twin is a duplicate: {results:?}"
+            .any(|n| matches!(results[n], Err(StoreError::SerialTaken))),
+        "{name}: the other twin's serial is taken: {results:?}"
     );
     committed.extend(&twins);
 
