@@ -41,7 +41,7 @@ use super::{
 use crate::{
     audit::AuditEntry,
     ca::CaChain,
-    client::{CliResult, write_out},
+    client::CliResult,
     config::KeyType,
     issue::{IssueRequest, Issuer},
     peer::Peer,
@@ -329,35 +329,30 @@ pub async fn run(args: &BenchArgs, setup: &Path, seconds: f64) -> CliResult {
         gap: (total.daemon_cpu_us_per_op - sum) / total.daemon_cpu_us_per_op.max(f64::MIN_POSITIVE),
         parts,
     };
-    let text = serde_json::to_string_pretty(&report)? + "\n";
-    if let Some(path) = &args.json_out {
-        write_out(Some(path), &text)?;
-    }
-    if args.json {
-        return write_out(None, &text);
-    }
-    let mut t = format!(
-        "{key}: one certificate's daemon CPU at C={clients} ({:.0} certificates/s)\n{:<56} {:>9} {:>7}\n",
-        report.certificates_per_s, "part", "CPU-µs", "share"
-    );
-    for p in &report.parts {
-        t += &format!(
-            "{:<56} {:>9.1} {:>6.0}%   {}\n",
-            p.name,
-            p.cpu_us,
-            100.0 * p.cpu_us / report.total_cpu_us.max(f64::MIN_POSITIVE),
-            p.how
+    super::report::emit_with(&report, args.json, args.json_out.as_deref(), || {
+        let mut t = format!(
+            "{key}: one certificate's daemon CPU at C={clients} ({:.0} certificates/s)\n{:<56} {:>9} {:>7}\n",
+            report.certificates_per_s, "part", "CPU-µs", "share"
         );
-    }
-    t += &format!(
-        "{:<56} {:>9.1}\n{:<56} {:>9.1}\ngap (total − sum) / total: {:+.0}% (target within ±15%)\n",
-        "sum of the parts",
-        report.sum_cpu_us,
-        "measured total (daemon CPU per certificate)",
-        report.total_cpu_us,
-        100.0 * report.gap
-    );
-    write_out(None, &t)
+        for p in &report.parts {
+            t += &format!(
+                "{:<56} {:>9.1} {:>6.0}%   {}\n",
+                p.name,
+                p.cpu_us,
+                100.0 * p.cpu_us / report.total_cpu_us.max(f64::MIN_POSITIVE),
+                p.how
+            );
+        }
+        t += &format!(
+            "{:<56} {:>9.1}\n{:<56} {:>9.1}\ngap (total − sum) / total: {:+.0}% (target within ±15%)\n",
+            "sum of the parts",
+            report.sum_cpu_us,
+            "measured total (daemon CPU per certificate)",
+            report.total_cpu_us,
+            100.0 * report.gap
+        );
+        t
+    })
 }
 
 /// CPU per round trip through the signer pool's job queue to a thread that

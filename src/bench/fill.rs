@@ -28,7 +28,7 @@ use super::{
     progress,
     stores::{self, Server},
 };
-use crate::client::{CliResult, write_out};
+use crate::client::CliResult;
 
 /// Expiry of the copies: spread over this many seconds before now.
 const SPREAD_S: i64 = 90 * 24 * 3600;
@@ -100,38 +100,33 @@ pub async fn run(args: &BenchArgs, setup: &Path, seconds: f64, n: u64) -> CliRes
         empty,
         filled,
     };
-    let text = serde_json::to_string_pretty(&report)? + "\n";
-    if let Some(path) = &args.json_out {
-        write_out(Some(path), &text)?;
-    }
-    if args.json {
-        return write_out(None, &text);
-    }
-    let mut t = format!(
-        "{key}: a {label} store of {records} certificate records (filled in {fill_seconds:.0} s)\n\
-         size: {:.1} MiB, {:.0} MiB per million records (certificates, audit entries, indexes)\n\
-         {:>7} {:>14} {:>14} {:>7} {:>11} {:>11}\n",
-        bytes as f64 / 1048576.0,
-        report.bytes_per_million / 1048576.0,
-        "clients",
-        "empty certs/s",
-        "filled certs/s",
-        "ratio",
-        "empty p99",
-        "filled p99"
-    );
-    for (e, f) in report.empty.iter().zip(&report.filled) {
-        t += &format!(
-            "{:>7} {:>14.0} {:>14.0} {:>7.2} {:>9.2}ms {:>9.2}ms\n",
-            e.clients,
-            e.per_s,
-            f.per_s,
-            f.per_s / e.per_s.max(f64::MIN_POSITIVE),
-            e.p99_ms,
-            f.p99_ms
+    super::report::emit_with(&report, args.json, args.json_out.as_deref(), || {
+        let mut t = format!(
+            "{key}: a {label} store of {records} certificate records (filled in {fill_seconds:.0} s)\n\
+             size: {:.1} MiB, {:.0} MiB per million records (certificates, audit entries, indexes)\n\
+             {:>7} {:>14} {:>14} {:>7} {:>11} {:>11}\n",
+            bytes as f64 / 1048576.0,
+            report.bytes_per_million / 1048576.0,
+            "clients",
+            "empty certs/s",
+            "filled certs/s",
+            "ratio",
+            "empty p99",
+            "filled p99"
         );
-    }
-    write_out(None, &t)
+        for (e, f) in report.empty.iter().zip(&report.filled) {
+            t += &format!(
+                "{:>7} {:>14.0} {:>14.0} {:>7.2} {:>9.2}ms {:>9.2}ms\n",
+                e.clients,
+                e.per_s,
+                f.per_s,
+                f.per_s / e.per_s.max(f64::MIN_POSITIVE),
+                e.p99_ms,
+                f.p99_ms
+            );
+        }
+        t
+    })
 }
 
 /// One daemon on the testbed's store, issuing at each `--clients`.

@@ -98,16 +98,26 @@ pub struct Report {
 /// Prints `report` as JSON (`json`) or as a table, and also writes the
 /// JSON to `json_out` when given.
 pub(super) fn emit(report: &Report, json: bool, json_out: Option<&Path>) -> CliResult {
-    let text = serde_json::to_string_pretty(report)? + "\n";
+    emit_with(report, json, json_out, || text(report))
+}
+
+/// What every scenario prints: `value` as JSON with `json`, else the table
+/// `table` makes; the JSON also goes to `json_out` when given.
+pub(super) fn emit_with<T: Serialize>(
+    value: &T,
+    json: bool,
+    json_out: Option<&Path>,
+    table: impl FnOnce() -> String,
+) -> CliResult {
+    let text = serde_json::to_string_pretty(value)? + "\n";
     if let Some(path) = json_out {
         write_out(Some(path), &text)?;
     }
     if json {
-        write_out(None, &text)?;
+        write_out(None, &text)
     } else {
-        write_out(None, &self::text(report))?;
+        write_out(None, &table())
     }
-    Ok(())
 }
 
 fn target(name: &str, target: String, measured: String, met: bool) -> Target {

@@ -21,7 +21,7 @@ use super::{
     load::{self, Spread, Work},
     progress, subject_keys, warmup,
 };
-use crate::client::{CliResult, write_out};
+use crate::client::CliResult;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreRun {
@@ -224,58 +224,53 @@ pub async fn run(args: &BenchArgs, setup: &Path, seconds: f64) -> CliResult {
     }
     drop(server);
 
-    let text = serde_json::to_string_pretty(&runs)? + "\n";
-    if let Some(path) = &args.json_out {
-        write_out(Some(path), &text)?;
-    }
-    if args.json {
-        return write_out(None, &text);
-    }
-    let mut t = format!(
-        "{key}: issuance by store and nodes ({} CPUs)\n{:<9} {:>5} {:>7} {:>10} {:>9} {:>7} {:>12} {:>12}\n",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "store",
-        "nodes",
-        "clients",
-        "certs/s",
-        "p99 ms",
-        "errors",
-        "daemon µs/c",
-        "pg µs/c"
-    );
-    for r in &runs {
-        t += &format!(
-            "{:<9} {:>5} {:>7} {:>10.0} {:>9.2} {:>7} {:>12.0} {:>12.0}\n",
-            r.store,
-            r.nodes,
-            r.clients,
-            r.per_s,
-            r.p99_ms,
-            r.errors,
-            r.daemon_cpu_us_per_cert,
-            r.postgres_cpu_us_per_cert
+    super::report::emit_with(&runs, args.json, args.json_out.as_deref(), || {
+        let mut t = format!(
+            "{key}: issuance by store and nodes ({} CPUs)\n{:<9} {:>5} {:>7} {:>10} {:>9} {:>7} {:>12} {:>12}\n",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "store",
+            "nodes",
+            "clients",
+            "certs/s",
+            "p99 ms",
+            "errors",
+            "daemon µs/c",
+            "pg µs/c"
         );
-    }
-    let at = |store: &str, nodes: usize, c: usize| {
-        runs.iter()
-            .find(|r| r.store == store && r.nodes == nodes && r.clients == c)
-            .map(|r| r.per_s)
-    };
-    let top = args.clients.iter().copied().max().unwrap_or(64);
-    if let (Some(s), Some(p)) = (at("sqlite", 1, top), at("postgres", 1, top)) {
-        t += &format!(
-            "PostgreSQL one node / SQLite at C={top}: {:.2} (target >= 0.8)\n",
-            p / s.max(f64::MIN_POSITIVE)
-        );
-    }
-    if let (Some(one), Some(n)) = (at("postgres", 1, top), at("postgres", args.nodes, top))
-        && args.nodes > 1
-    {
-        t += &format!(
-            "PostgreSQL {} nodes / one node at C={top}: {:.2} (target >= 1; the nodes share this machine's CPUs)\n",
-            args.nodes,
-            n / one.max(f64::MIN_POSITIVE)
-        );
-    }
-    write_out(None, &t)
+        for r in &runs {
+            t += &format!(
+                "{:<9} {:>5} {:>7} {:>10.0} {:>9.2} {:>7} {:>12.0} {:>12.0}\n",
+                r.store,
+                r.nodes,
+                r.clients,
+                r.per_s,
+                r.p99_ms,
+                r.errors,
+                r.daemon_cpu_us_per_cert,
+                r.postgres_cpu_us_per_cert
+            );
+        }
+        let at = |store: &str, nodes: usize, c: usize| {
+            runs.iter()
+                .find(|r| r.store == store && r.nodes == nodes && r.clients == c)
+                .map(|r| r.per_s)
+        };
+        let top = args.clients.iter().copied().max().unwrap_or(64);
+        if let (Some(s), Some(p)) = (at("sqlite", 1, top), at("postgres", 1, top)) {
+            t += &format!(
+                "PostgreSQL one node / SQLite at C={top}: {:.2} (target >= 0.8)\n",
+                p / s.max(f64::MIN_POSITIVE)
+            );
+        }
+        if let (Some(one), Some(n)) = (at("postgres", 1, top), at("postgres", args.nodes, top))
+            && args.nodes > 1
+        {
+            t += &format!(
+                "PostgreSQL {} nodes / one node at C={top}: {:.2} (target >= 1; the nodes share this machine's CPUs)\n",
+                args.nodes,
+                n / one.max(f64::MIN_POSITIVE)
+            );
+        }
+        t
+    })
 }
