@@ -129,63 +129,49 @@ fn target(name: &str, target: String, measured: String, met: bool) -> Target {
     }
 }
 
-/// The targets for issuance at the highest concurrency measured (P-256
-/// and RSA-2048 only).
+/// The efficiency target at the highest concurrency measured (P-256 and
+/// RSA-2048 only): the token's CPU per signature over the daemon's per
+/// certificate, so that what is left is the daemon's own share.
 fn issuance_targets(r: &KeyResult) -> Vec<Target> {
-    let rsa = r.key.starts_with("rsa");
-    let p256 = r.key == "p256";
     let mut t = Vec::new();
-    let top = r.issuance.iter().max_by_key(|x| x.load.clients);
-    if let Some(top) = top {
-        let c = top.load.clients;
-        let (eff, thr, rate) = if rsa {
-            (0.93, 0.85, 2500.0)
-        } else {
-            (0.70, 0.50, 10_000.0)
-        };
-        if p256 || r.key == "rsa2048" {
-            t.push(target(
-                &format!("efficiency at C={c}"),
-                format!(">= {eff:.2}"),
-                format!("{:.2}", top.efficiency_ratio),
-                top.efficiency_ratio >= eff,
-            ));
-            t.push(target(
-                &format!("throughput ratio at C={c}"),
-                format!(">= {thr:.2}"),
-                format!("{:.2}", top.throughput_ratio),
-                top.throughput_ratio >= thr,
-            ));
-            t.push(target(
-                &format!("certificates/s at C={c}"),
-                format!(">= {rate:.0}"),
-                format!("{:.0}", top.load.per_s),
-                top.load.per_s >= rate,
-            ));
-        }
+    let eff = match r.key.as_str() {
+        "p256" => 0.45,
+        "rsa2048" => 0.85,
+        _ => return t,
+    };
+    if let Some(top) = r.issuance.iter().max_by_key(|x| x.load.clients) {
+        t.push(target(
+            &format!("efficiency at C={}", top.load.clients),
+            format!(">= {eff:.2}"),
+            format!(
+                "{:.2} (daemon {:.0} µs/cert, token {:.0} µs/signature)",
+                top.efficiency_ratio, top.load.daemon_cpu_us_per_op, r.raw.cpu_us_per_sign
+            ),
+            top.efficiency_ratio >= eff,
+        ));
     }
     t
 }
 
-/// The targets, each checked against this run.
+/// GetClientCertificate's rate to reach: 1.5× the 15,474/s measured on
+/// this machine kind (2 CPUs, 16 clients, P-256) when this round began.
+const GET_TARGET: f64 = 23_200.0;
+
+/// This round's targets, each checked against this run.
 pub(super) fn targets(r: &KeyResult) -> Vec<Target> {
     let p256 = r.key == "p256";
     let mut t = issuance_targets(r);
-    if let Some(p) = r.peer_ratio {
-        t.push(target(
-            "× the OpenSSL CLI peer",
-            ">= 150".into(),
-            format!("{p:.0}"),
-            p >= 150.0,
-        ));
-    }
-    if p256 && let Some(c8) = r.issuance.iter().find(|x| x.load.clients == 8) {
-        t.push(target(
-            "p99 at C=8",
-            "<= 3 ms".into(),
-            format!("{:.2} ms", c8.load.latency.p99_ms),
-            c8.load.latency.p99_ms <= 3.0,
-        ));
+    if p256 {
+        for (c, limit) in [(1, 1.5), (8, 3.0)] {
+            if let Some(x) = r.issuance.iter().find(|x| x.load.clients == c) {
+                t.push(target(
+                    &format!("p99 at C={c}"),
+                    format!("<= {limit} ms"),
+                    format!("{:.2} ms", x.load.latency.p99_ms),
+                    x.load.latency.p99_ms <= limit,
+                ));
+            }
+        }
     }
     t.push(target(
         "daemon peak RSS",
@@ -208,9 +194,9 @@ pub(super) fn targets(r: &KeyResult) -> Vec<Target> {
     if let Some(g) = &r.get_by_id {
         t.push(target(
             "GetClientCertificate at C=16",
-            ">= 20000/s".into(),
+            format!(">= {GET_TARGET:.0}/s"),
             format!("{:.0}/s", g.per_s),
-            g.per_s >= 20_000.0,
+            g.per_s >= GET_TARGET,
         ));
     }
     if let Some(b) = &r.csr_burst {
@@ -370,7 +356,7 @@ fn text_for_key(r: &KeyResult) -> String {
     if let Some(w) = &r.workloads {
         let _ = writeln!(
             s,
-            "workloads: {} {} SVIDs at a cold start in {:.2} s ({} signatures; the token alone: {:.3} s for the signatures + {:.3} s for the keys = {:.1}×; peers started in {:.1} s); rotation wave: {} rotated in {:.2} s ({} signatures); one interactive client's p50/p99: {:.2}/{:.2} ms before ({} requests), {:.2}/{:.2} ms during the wave ({} requests, max {:.1} ms); {} workload errors",
+            "workloads: {} {} SVIDs at a cold start in {:.2} s ({} signatures; the token alone: {:.3} s for the signatures + {:.3} s for the keys = {:.1}×; CPU in the cold start: daemon {:.2} s, the workloads' clients {:.2} s; peers started in {:.1} s); rotation wave: {} rotated in {:.2} s ({} signatures); one interactive client's p50/p99: {:.2}/{:.2} ms before ({} requests), {:.2}/{:.2} ms during the wave ({} requests, max {:.1} ms); {} workload errors",
             w.workloads,
             w.key_type,
             w.cold_start_s,
@@ -378,6 +364,8 @@ fn text_for_key(r: &KeyResult) -> String {
             w.token_sign_s,
             w.keygen_s,
             w.cold_start_ratio,
+            w.cold_start_daemon_cpu_s,
+            w.cold_start_clients_cpu_s,
             w.peers_start_s,
             w.rotated,
             w.rotation_s,

@@ -101,7 +101,10 @@ pub struct EntryConfig {
     pub user: Option<String>,
     /// A group the caller is in (primary or supplementary).
     pub group: Option<String>,
-    /// The caller's executable, as /proc/PID/exe names it.
+    /// The caller's executable, as /proc/PID/exe names it. Kept in its
+    /// normal form (`//`, `/./` and a trailing `/` dropped), as attestation
+    /// keeps the caller's, so that matching compares bytes.
+    #[serde(default, deserialize_with = "normal_path")]
     pub exe: Option<PathBuf>,
     /// The systemd unit the caller runs in, e.g. `nginx.service`.
     pub unit: Option<String>,
@@ -114,6 +117,11 @@ pub struct EntryConfig {
     /// Tells a workload with several SVIDs which is for what.
     #[serde(default)]
     pub hint: String,
+}
+
+fn normal_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let p: Option<PathBuf> = Deserialize::deserialize(d)?;
+    Ok(p.map(|p| p.components().collect()))
 }
 
 /// The lifetime of an entry's SVIDs when it sets none.

@@ -172,9 +172,11 @@ fn attest_in(proc_root: &str, peer: &ConnectedPeer) -> Result<Caller, AttestErro
     }
     // The executable of a process that exited, or of a kernel thread, has
     // no link: that is no executable, not an error.
-    let exe = readlinkat(dir.as_fd(), "exe", Vec::new())
-        .ok()
-        .map(|s| PathBuf::from(s.to_string_lossy().into_owned()));
+    let exe = readlinkat(dir.as_fd(), "exe", Vec::new()).ok().map(|s| {
+        PathBuf::from(s.to_string_lossy().into_owned())
+            .components()
+            .collect()
+    });
     let unit = unit_of_cgroup(&read(&dir, "cgroup")?);
     // Everything was read from the process that started at `started`,
     // and that is the process that connected.

@@ -50,7 +50,14 @@ struct Inner {
     signer: SvidSigner,
     store: Arc<dyn Store>,
     cache: Mutex<Cache>,
+    /// Attestations reading `/proc` at once: a thousand workloads
+    /// connecting together take turns on a few blocking threads instead
+    /// of starting a thread each.
+    attesting: tokio::sync::Semaphore,
 }
+
+/// Attestations at once, per CPU.
+const ATTESTING_PER_CPU: usize = 2;
 
 #[derive(Clone, Copy)]
 struct Rotation {
@@ -112,6 +119,9 @@ impl Workload {
                 signer: SvidSigner::new(issuer, store.clone(), ca, cfg.signing_concurrency)?,
                 store,
                 cache: Mutex::new(Cache::default()),
+                attesting: tokio::sync::Semaphore::new(
+                    ATTESTING_PER_CPU * std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
             }),
         })
     }
@@ -130,6 +140,7 @@ impl Workload {
     /// off the async runtime. Refusals are counted and logged.
     pub async fn attest(&self, peer: ConnectedPeer) -> Result<Caller, AttestError> {
         let who = peer.peer;
+        let _turn = self.inner.attesting.acquire().await;
         let r = tokio::task::spawn_blocking(move || attest::attest(&peer))
             .await
             .unwrap_or_else(|e| Err(AttestError::Proc(format!("the lookup stopped: {e}"))));

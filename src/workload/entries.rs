@@ -111,7 +111,13 @@ pub fn selects(e: &EntryConfig, a: &Attributes) -> bool {
         && e.gid.is_none_or(|g| g == a.gid)
         && e.user.as_ref().is_none_or(|u| a.user.as_ref() == Some(u))
         && e.group.as_ref().is_none_or(|g| a.groups.contains(g))
-        && e.exe.as_ref().is_none_or(|x| a.exe.as_ref() == Some(x))
+        // Both sides are in normal form (config and attestation keep them
+        // so): bytes compare, without parsing components per entry.
+        && e.exe.as_ref().is_none_or(|x| {
+            a.exe
+                .as_ref()
+                .is_some_and(|p| p.as_os_str() == x.as_os_str())
+        })
         && e.unit.as_ref().is_none_or(|u| a.unit.as_ref() == Some(u))
 }
 
@@ -172,6 +178,26 @@ mod tests {
                 "{sel}"
             );
         }
+    }
+
+    #[test]
+    fn an_executable_matches_in_its_normal_form() {
+        let a = attrs();
+        for exe in ["/usr//bin/envoy", "/usr/./bin/envoy", "/usr/bin/envoy/"] {
+            let e = entry(&format!("spiffe_id = 'x'\nexe = '{exe}'"));
+            let bytes = e.exe.as_deref().map(std::path::Path::as_os_str);
+            assert_eq!(bytes, Some(std::ffi::OsStr::new("/usr/bin/envoy")));
+            assert!(selects(&e, &a), "{exe}");
+        }
+        // `..` is not resolved: it names another path.
+        assert!(!selects(
+            &entry("spiffe_id = 'x'\nexe = '/usr/lib/../bin/envoy'"),
+            &a
+        ));
+        assert!(!selects(
+            &entry("spiffe_id = 'x'\nexe = '/usr/bin/envo'"),
+            &a
+        ));
     }
 
     #[test]

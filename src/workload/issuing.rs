@@ -14,7 +14,7 @@ use crate::{
     ca::CaChain,
     issue::{IssueError, Issued, Issuer, SERIAL_ATTEMPTS, certificate::BuildError, svid::SvidSpec},
     signing::SignError,
-    store::{Record, Store, StoreError},
+    store::{Announced, Record, Store, StoreError},
 };
 
 /// The audit log's operation for an SVID.
@@ -76,8 +76,16 @@ impl SvidSigner {
     /// is waited out; anything else is the caller's to retry later. The
     /// permit covers the signature only: recording it joins the store's
     /// group commit beside the next ones.
-    async fn sign(&self, id: &Identity, key: &keys::WorkloadKey) -> Result<Issued, SvidError> {
+    async fn sign(
+        &self,
+        id: &Identity,
+        key: &keys::WorkloadKey,
+    ) -> Result<(Issued, Announced), SvidError> {
         let _permit = self.permits.acquire().await;
+        // Announced from its signature until its commit: the store's group
+        // commit waits a moment for it, so that a wave of SVIDs shares
+        // commits (and fsyncs) as concurrent requests do.
+        let announced = self.store.announce_insert();
         loop {
             let decided = self.issuer.decide_svid(SvidSpec {
                 spki: key.spki.clone(),
@@ -90,7 +98,7 @@ impl SvidSigner {
                 Err(IssueError::Build(BuildError::Sign(SignError::Busy))) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                other => return Ok(other?),
+                other => return Ok((other?, announced)),
             }
         }
     }
@@ -104,7 +112,7 @@ impl SvidSigner {
         let key = crate::issue::low_priority(move || keys::generate(kt)).await??;
         let mut attempt = 1;
         let issued = loop {
-            let mut issued = self.sign(id, &key).await?;
+            let (mut issued, _announced) = self.sign(id, &key).await?;
             issued
                 .tags
                 .insert(SPIFFE_ID_TAG.to_owned(), id.spiffe_id.to_string());
