@@ -396,9 +396,19 @@ async fn a_legacy_store_is_migrated_to_blobs_and_labels() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!(versions, "1,2,3,4,5,6");
+    assert_eq!(versions, "1,2,3,4,5,6,7");
     assert_eq!(blob, "blob");
     assert_eq!(time_us, 42);
+    // The audit log is keyed by its sequence alone: no index beside it.
+    let (seq_is_rowid, indexes): (bool, i64) = conn
+        .query_row(
+            "SELECT (SELECT rowid = seq FROM audit_log),              (SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(seq_is_rowid);
+    assert_eq!(indexes, 0);
     assert_eq!(
         super::inspect::inspect(dir.path()).unwrap(),
         super::inspect::SchemaState::Current {
