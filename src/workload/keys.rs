@@ -3,7 +3,12 @@
 //! anywhere. RSA generation takes a while, so callers run it off the async
 //! runtime.
 
+use const_oid::{
+    ObjectIdentifier,
+    db::rfc5912::{ID_EC_PUBLIC_KEY, SECP_256_R_1, SECP_384_R_1},
+};
 use der::Decode;
+use p256::pkcs8;
 use spki::SubjectPublicKeyInfoOwned;
 use zeroize::Zeroizing;
 
@@ -39,28 +44,32 @@ pub fn generate(kt: WorkloadKeyType) -> Result<WorkloadKey, KeyGenError> {
     getrandom::fill(&mut probe).map_err(|e| KeyGenError::Random(e.to_string()))?;
     let (pkcs8, spki_der) = match kt {
         WorkloadKeyType::P256 => {
-            use p256::elliptic_curve::Generate;
+            use p256::elliptic_curve::{Generate, sec1::ToSec1Point};
             let sk = p256::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
                 .map_err(|e| KeyGenError::Random(e.to_string()))?;
+            let pk = sk.public_key();
+            let point = pk.to_sec1_point(false);
             (
-                sk.to_pkcs8_der().map_err(|e| enc(&e))?,
-                sk.public_key().to_public_key_der().map_err(|e| enc(&e))?,
+                ec_pkcs8(SECP_256_R_1, &sk.to_bytes(), point.as_bytes())?,
+                pk.to_public_key_der().map_err(|e| enc(&e))?,
             )
         }
         WorkloadKeyType::P384 => {
-            use p384::elliptic_curve::Generate;
+            use p384::elliptic_curve::{Generate, sec1::ToSec1Point};
             let sk = p384::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
                 .map_err(|e| KeyGenError::Random(e.to_string()))?;
+            let pk = sk.public_key();
+            let point = pk.to_sec1_point(false);
             (
-                sk.to_pkcs8_der().map_err(|e| enc(&e))?,
-                sk.public_key().to_public_key_der().map_err(|e| enc(&e))?,
+                ec_pkcs8(SECP_384_R_1, &sk.to_bytes(), point.as_bytes())?,
+                pk.to_public_key_der().map_err(|e| enc(&e))?,
             )
         }
         WorkloadKeyType::Rsa2048 => {
             let mut rng = getrandom::rand_core::UnwrapErr(getrandom::SysRng);
             let sk = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| enc(&e))?;
             (
-                sk.to_pkcs8_der().map_err(|e| enc(&e))?,
+                Zeroizing::new(sk.to_pkcs8_der().map_err(|e| enc(&e))?.as_bytes().to_vec()),
                 sk.to_public_key()
                     .to_public_key_der()
                     .map_err(|e| enc(&e))?,
@@ -68,10 +77,38 @@ pub fn generate(kt: WorkloadKeyType) -> Result<WorkloadKey, KeyGenError> {
         }
     };
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| enc(&e))?;
-    Ok(WorkloadKey {
-        pkcs8: Zeroizing::new(pkcs8.as_bytes().to_vec()),
-        spki,
-    })
+    Ok(WorkloadKey { pkcs8, spki })
+}
+
+/// The PKCS#8 of an EC key (RFC 5915's ECPrivateKey inside, with its public
+/// key, exactly as `SecretKey::to_pkcs8_der` writes it) from the secret
+/// scalar and the public point, which the caller computed once for this and
+/// for the SPKI: `to_pkcs8_der` computes the point again, and that scalar
+/// multiplication is half of what a workload key costs.
+fn ec_pkcs8(
+    curve: ObjectIdentifier,
+    secret: &[u8],
+    point: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeyGenError> {
+    use der::Encode;
+    let enc = |e: der::Error| KeyGenError::Encoding(e.to_string());
+    let ec = Zeroizing::new(
+        sec1::EcPrivateKey {
+            private_key: secret,
+            parameters: None,
+            public_key: Some(point),
+        }
+        .to_der()
+        .map_err(enc)?,
+    );
+    let info = pkcs8::PrivateKeyInfoRef::new(
+        pkcs8::AlgorithmIdentifierRef {
+            oid: ID_EC_PUBLIC_KEY,
+            parameters: Some((&curve).into()),
+        },
+        der::asn1::OctetStringRef::new(&ec).map_err(enc)?,
+    );
+    Ok(Zeroizing::new(info.to_der().map_err(enc)?))
 }
 
 #[cfg(test)]
@@ -92,6 +129,24 @@ mod tests {
             assert_ne!(*a.pkcs8, *b.pkcs8, "{kt:?}");
             let pk = p256::pkcs8::PrivateKeyInfoRef::from_der(&a.pkcs8).unwrap();
             assert_eq!(pk.algorithm.oid, a.spki.algorithm.oid, "{kt:?}");
+        }
+    }
+
+    #[test]
+    fn ec_keys_are_encoded_as_the_curve_crates_encode_them() {
+        use der::Encode;
+        use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+        for _ in 0..8 {
+            let k = generate(WorkloadKeyType::P256).unwrap();
+            let sk = p256::SecretKey::from_pkcs8_der(&k.pkcs8).unwrap();
+            assert_eq!(sk.to_pkcs8_der().unwrap().as_bytes(), k.pkcs8.as_slice());
+            let spki = sk.public_key().to_public_key_der().unwrap();
+            assert_eq!(spki.as_bytes(), k.spki.to_der().unwrap());
+            let k = generate(WorkloadKeyType::P384).unwrap();
+            let sk = p384::SecretKey::from_pkcs8_der(&k.pkcs8).unwrap();
+            assert_eq!(sk.to_pkcs8_der().unwrap().as_bytes(), k.pkcs8.as_slice());
+            let spki = sk.public_key().to_public_key_der().unwrap();
+            assert_eq!(spki.as_bytes(), k.spki.to_der().unwrap());
         }
     }
 }
