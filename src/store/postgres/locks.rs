@@ -17,10 +17,6 @@ use crate::store::{NodeLock, StoreError};
 
 /// The audit chain's lock class (`pg_advisory_xact_lock(1, 0)`).
 pub(super) const AUDIT_CHAIN: i32 = 1;
-/// A transaction that starts holding the audit chain's lock: BEGIN and the
-/// lock in one simple query, one round trip.
-pub(super) const BEGIN_AND_LOCK_AUDIT_CHAIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(1, 0)";
-const _: () = assert!(AUDIT_CHAIN == 1, "BEGIN_AND_LOCK_AUDIT_CHAIN names class 1");
 const NODE_LOCK: i32 = 2;
 /// Retention's turn (class 3: 0 records, 1 the audit log).
 pub(super) const RETENTION: i32 = 3;

@@ -26,7 +26,7 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{certificates::insert_records, corrupt, locks::BEGIN_AND_LOCK_AUDIT_CHAIN, map_err};
+use super::{certificates::insert_records, corrupt, locks::AUDIT_CHAIN, map_err};
 use crate::{
     audit::{AuditEntry, GENESIS, chain_hash},
     store::{Record, StoreError},
@@ -146,19 +146,13 @@ impl Connection {
 }
 
 /// Commits the jobs' records and audit entries in one transaction: one
-/// statement per table, so a batch is five round trips whatever its size
-/// (BEGIN with the chain's lock, the records, the chain's head, the audit
+/// statement per table, so a batch is six round trips whatever its size
+/// (BEGIN, the records, the chain's lock, the chain's head, the audit
 /// entries, COMMIT).
 async fn commit(conn: &mut PgConnection, jobs: &[&Pending]) -> Result<(), StoreError> {
     let records: Vec<&Record> = jobs.iter().filter_map(|j| j.record.as_ref()).collect();
     let entries: Vec<&AuditEntry> = jobs.iter().filter_map(|j| j.audit.as_ref()).collect();
-    // The chain's lock is taken with BEGIN, in the same round trip.
-    let mut tx = if entries.is_empty() {
-        conn.begin().await
-    } else {
-        conn.begin_with(BEGIN_AND_LOCK_AUDIT_CHAIN).await
-    }
-    .map_err(map_err)?;
+    let mut tx = conn.begin().await.map_err(map_err)?;
     insert_records(&mut tx, &records).await?;
     if !entries.is_empty() {
         append_audit(&mut tx, &entries).await?;
@@ -166,13 +160,22 @@ async fn commit(conn: &mut PgConnection, jobs: &[&Pending]) -> Result<(), StoreE
     tx.commit().await.map_err(map_err)
 }
 
-/// Appends `entries` to the chain inside `tx`, which holds the chain's
-/// lock (taken with its BEGIN) until it ends: the head read here is the
-/// newest any node committed.
+/// Appends `entries` to the chain inside `tx`. The chain's lock is taken
+/// here, after the records are in: the nodes take turns on the chain (the
+/// lock is held until the commit is durable), not on their records, so
+/// another node inserts its batch's records meanwhile. The head is read
+/// by a statement of its own after the lock is held: in READ COMMITTED
+/// each statement sees what was committed when it began, so it sees the
+/// newest link any node committed.
 async fn append_audit(
     tx: &mut Transaction<'_, Postgres>,
     entries: &[&AuditEntry],
 ) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+        .bind(AUDIT_CHAIN)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
     let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await
