@@ -30,33 +30,40 @@ fn number(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} is not a number in:\n{v:#}"))
 }
 
-#[test]
-fn bench_minimal_run_reports_every_figure() {
+/// `hsmca bench --json ARGS --setup <the repository's setup.sh>`, run to
+/// completion on a fresh token of its own (no PIN or store from the
+/// environment): its JSON report.
+fn bench_json(args: &[&str]) -> Value {
     let out = run_ok(
         Command::new(HSMCA)
-            .args([
-                "bench",
-                "--json",
-                "--keys",
-                "p256",
-                "--clients",
-                "1",
-                "--seconds",
-                "1",
-                "--wave",
-                "20",
-                "--csr-burst",
-                "4",
-                "--workloads",
-                "10",
-                "--no-peer",
-                "--setup",
-            ])
+            .args(["bench", "--json"])
+            .args(args)
+            .arg("--setup")
             .arg(repo().join("softhsm-setup/setup.sh"))
             .env_remove("HSMCA_PIN")
+            .env_remove("HSMCA_STATE__DATABASE")
             .stdin(Stdio::null()),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    serde_json::from_slice(&out.stdout).expect("bench --json prints JSON")
+}
+
+#[test]
+fn bench_minimal_run_reports_every_figure() {
+    let v = bench_json(&[
+        "--keys",
+        "p256",
+        "--clients",
+        "1",
+        "--seconds",
+        "1",
+        "--wave",
+        "20",
+        "--csr-burst",
+        "4",
+        "--workloads",
+        "10",
+        "--no-peer",
+    ]);
     number(&v, "machine.cpus");
     let r = field(&v, "results.0");
     assert_eq!(field(r, "key"), "p256");
@@ -135,29 +142,18 @@ fn bench_minimal_run_reports_every_figure() {
 #[test]
 fn bench_store_fill_grows_the_store_and_issues_on_it() {
     for store in ["sqlite", "postgres"] {
-        let out = run_ok(
-            Command::new(HSMCA)
-                .args([
-                    "bench",
-                    "--json",
-                    "--store-fill",
-                    "3000",
-                    "--store",
-                    store,
-                    "--keys",
-                    "p256",
-                    "--clients",
-                    "2",
-                    "--seconds",
-                    "0.5",
-                    "--setup",
-                ])
-                .arg(repo().join("softhsm-setup/setup.sh"))
-                .env_remove("HSMCA_PIN")
-                .env_remove("HSMCA_STATE__DATABASE")
-                .stdin(Stdio::null()),
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+        let v = bench_json(&[
+            "--store-fill",
+            "3000",
+            "--store",
+            store,
+            "--keys",
+            "p256",
+            "--clients",
+            "2",
+            "--seconds",
+            "0.5",
+        ]);
         assert_eq!(field(&v, "store"), store);
         assert!(number(&v, "records") >= 3000.0, "{v:#}");
         assert!(number(&v, "bytes") > 0.0);
@@ -175,26 +171,15 @@ fn bench_store_fill_grows_the_store_and_issues_on_it() {
 /// figure, and sets their sum against the measured total.
 #[test]
 fn bench_costs_breaks_a_certificate_into_its_parts() {
-    let out = run_ok(
-        Command::new(HSMCA)
-            .args([
-                "bench",
-                "--json",
-                "--costs",
-                "--keys",
-                "p256",
-                "--clients",
-                "4",
-                "--seconds",
-                "0.3",
-                "--setup",
-            ])
-            .arg(repo().join("softhsm-setup/setup.sh"))
-            .env_remove("HSMCA_PIN")
-            .env_remove("HSMCA_STATE__DATABASE")
-            .stdin(Stdio::null()),
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    let v = bench_json(&[
+        "--costs",
+        "--keys",
+        "p256",
+        "--clients",
+        "4",
+        "--seconds",
+        "0.3",
+    ]);
     assert_eq!(field(&v, "key"), "p256");
     assert!(number(&v, "total_cpu_us") > 0.0);
     assert!(number(&v, "certificates_per_s") > 0.0);

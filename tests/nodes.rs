@@ -1294,6 +1294,18 @@ async fn a_database_refusing_a_running_daemon_fails_unavailable_by_name_until_fi
         ServingStatus::try_from(r.into_inner().status).unwrap()
     };
     assert_eq!(health_of().await, ServingStatus::Serving);
+    // Waits up to 30 s for health to say `want`; `stuck` says otherwise.
+    let health_becomes = async |want: ServingStatus, stuck: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while health_of().await != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stuck}:\n{}",
+                ca.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
 
     // The password changes under the daemon and its sessions are cut: every
     // new connection is refused.
@@ -1396,15 +1408,7 @@ async fn a_database_refusing_a_running_daemon_fails_unavailable_by_name_until_fi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while health_of().await != ServingStatus::Serving {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed NOT_SERVING:\n{}",
-            ca.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    health_becomes(ServingStatus::Serving, "health stayed NOT_SERVING").await;
     // Every certificate handed out is on the record; no password was logged.
     let stored = stored_serials(&pg, &db);
     for s in &handed_out {
@@ -1433,15 +1437,11 @@ async fn a_database_refusing_a_running_daemon_fails_unavailable_by_name_until_fi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while health_of().await != ServingStatus::NotServing {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed SERVING with the database dropped:\n{}",
-            ca.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    health_becomes(
+        ServingStatus::NotServing,
+        "health stayed SERVING with the database dropped",
+    )
+    .await;
     let stopped = ca.stop();
     assert!(stopped.success(), "{stopped}:\n{}", ca.log());
     let log = ca.log();

@@ -28,7 +28,9 @@ pub use self::{
     server::{Limits, MetricsConfig, ServerConfig},
     state::{Database, LogConfig, LogFormat, StateConfig},
     token::{KeyType, TokenConfig, TokenLocator},
-    workload::{DEFAULT_TTL, EntryConfig, PLACEHOLDERS, WorkloadConfig, WorkloadKeyType},
+    workload::{
+        DEFAULT_TTL, EntryConfig, PLACEHOLDERS, WorkloadConfig, WorkloadKeyType, normal_form,
+    },
 };
 
 /// Environment variables with this prefix and a `__` separator override

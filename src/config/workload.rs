@@ -121,7 +121,13 @@ pub struct EntryConfig {
 
 fn normal_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let p: Option<PathBuf> = Deserialize::deserialize(d)?;
-    Ok(p.map(|p| p.components().collect()))
+    Ok(p.as_deref().map(normal_form))
+}
+
+/// `p` without `//`, `/./` or a trailing `/` (`..` stays: it may name
+/// another file). Entries' and attested executables are kept in this form.
+pub fn normal_form(p: &std::path::Path) -> PathBuf {
+    p.components().collect()
 }
 
 /// The lifetime of an entry's SVIDs when it sets none.

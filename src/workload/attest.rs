@@ -28,7 +28,7 @@ use std::{
 
 use rustix::fs::{Mode, OFlags, openat, readlinkat};
 
-use crate::peer::Peer;
+use crate::{config::normal_form, peer::Peer};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AttestError {
@@ -172,11 +172,9 @@ fn attest_in(proc_root: &str, peer: &ConnectedPeer) -> Result<Caller, AttestErro
     }
     // The executable of a process that exited, or of a kernel thread, has
     // no link: that is no executable, not an error.
-    let exe = readlinkat(dir.as_fd(), "exe", Vec::new()).ok().map(|s| {
-        PathBuf::from(s.to_string_lossy().into_owned())
-            .components()
-            .collect()
-    });
+    let exe = readlinkat(dir.as_fd(), "exe", Vec::new())
+        .ok()
+        .map(|s| normal_form(std::path::Path::new(&*s.to_string_lossy())));
     let unit = unit_of_cgroup(&read(&dir, "cgroup")?);
     // Everything was read from the process that started at `started`,
     // and that is the process that connected.

@@ -3,12 +3,15 @@
 //! anywhere. RSA generation takes a while, so callers run it off the async
 //! runtime.
 
-use const_oid::{
-    ObjectIdentifier,
-    db::rfc5912::{ID_EC_PUBLIC_KEY, SECP_256_R_1, SECP_384_R_1},
-};
+use const_oid::{AssociatedOid, ObjectIdentifier, db::rfc5912::ID_EC_PUBLIC_KEY};
 use der::Decode;
-use p256::pkcs8;
+use p256::{
+    elliptic_curve::{
+        AffinePoint, CurveArithmetic, FieldBytesSize, Generate, SecretKey,
+        sec1::{FromSec1Point, ModulusSize, ToSec1Point},
+    },
+    pkcs8,
+};
 use spki::SubjectPublicKeyInfoOwned;
 use zeroize::Zeroizing;
 
@@ -43,28 +46,8 @@ pub fn generate(kt: WorkloadKeyType) -> Result<WorkloadKey, KeyGenError> {
     let mut probe = [0u8; 16];
     getrandom::fill(&mut probe).map_err(|e| KeyGenError::Random(e.to_string()))?;
     let (pkcs8, spki_der) = match kt {
-        WorkloadKeyType::P256 => {
-            use p256::elliptic_curve::{Generate, sec1::ToSec1Point};
-            let sk = p256::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
-                .map_err(|e| KeyGenError::Random(e.to_string()))?;
-            let pk = sk.public_key();
-            let point = pk.to_sec1_point(false);
-            (
-                ec_pkcs8(SECP_256_R_1, &sk.to_bytes(), point.as_bytes())?,
-                pk.to_public_key_der().map_err(|e| enc(&e))?,
-            )
-        }
-        WorkloadKeyType::P384 => {
-            use p384::elliptic_curve::{Generate, sec1::ToSec1Point};
-            let sk = p384::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
-                .map_err(|e| KeyGenError::Random(e.to_string()))?;
-            let pk = sk.public_key();
-            let point = pk.to_sec1_point(false);
-            (
-                ec_pkcs8(SECP_384_R_1, &sk.to_bytes(), point.as_bytes())?,
-                pk.to_public_key_der().map_err(|e| enc(&e))?,
-            )
-        }
+        WorkloadKeyType::P256 => ec_key::<p256::NistP256>()?,
+        WorkloadKeyType::P384 => ec_key::<p384::NistP384>()?,
         WorkloadKeyType::Rsa2048 => {
             let mut rng = getrandom::rand_core::UnwrapErr(getrandom::SysRng);
             let sk = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| enc(&e))?;
@@ -80,11 +63,31 @@ pub fn generate(kt: WorkloadKeyType) -> Result<WorkloadKey, KeyGenError> {
     Ok(WorkloadKey { pkcs8, spki })
 }
 
+/// A fresh key on curve `C`: its PKCS#8 and its SPKI (DER), from one
+/// computation of its public point. `SecretKey::to_pkcs8_der` computes
+/// the point again, and that scalar multiplication is half of what a
+/// workload key costs.
+fn ec_key<C>() -> Result<(Zeroizing<Vec<u8>>, der::Document), KeyGenError>
+where
+    C: AssociatedOid + CurveArithmetic,
+    AffinePoint<C>: FromSec1Point<C> + ToSec1Point<C>,
+    FieldBytesSize<C>: ModulusSize,
+{
+    use p256::pkcs8::EncodePublicKey;
+    let sk = SecretKey::<C>::try_generate_from_rng(&mut getrandom::SysRng)
+        .map_err(|e| KeyGenError::Random(e.to_string()))?;
+    let pk = sk.public_key();
+    let point = pk.to_sec1_point(false);
+    let secret = Zeroizing::new(sk.to_bytes());
+    let spki = pk
+        .to_public_key_der()
+        .map_err(|e| KeyGenError::Encoding(e.to_string()))?;
+    Ok((ec_pkcs8(C::OID, &secret, point.as_bytes())?, spki))
+}
+
 /// The PKCS#8 of an EC key (RFC 5915's ECPrivateKey inside, with its public
-/// key, exactly as `SecretKey::to_pkcs8_der` writes it) from the secret
-/// scalar and the public point, which the caller computed once for this and
-/// for the SPKI: `to_pkcs8_der` computes the point again, and that scalar
-/// multiplication is half of what a workload key costs.
+/// key), exactly as `SecretKey::to_pkcs8_der` writes it, from the secret
+/// scalar and the public point.
 fn ec_pkcs8(
     curve: ObjectIdentifier,
     secret: &[u8],
